@@ -1,0 +1,65 @@
+"""E-mail notices to a tenant's administrator when sending goes wrong."""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+from email.message import EmailMessage
+from urllib.parse import urlparse
+
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+logger = logging.getLogger(__name__)
+
+
+class Notifier:
+    """Record each notice in the store and send it by SMTP when a server is configured.
+
+    Every notice is kept in `notifications`, so the dashboard shows it even where no
+    SMTP server is set (the embedded default). A `dedupe_key` sends a notice only once.
+    """
+
+    def __init__(self, db: Database, *, smtp_url: str = "", mail_from: str = "", clock=None):
+        self._collection = db.notifications
+        self._smtp_url = smtp_url
+        self._mail_from = mail_from
+        self._clock = clock
+
+    def notify(self, *, tenant_id: str, recipients: list[str], subject: str, text: str,
+               dedupe_key: str | None = None) -> bool:
+        """Store and send a notice; return False when one with this key was already sent."""
+        addresses = sorted({address for address in recipients if address})
+        document = {
+            "tenant_id": tenant_id,
+            "to": addresses,
+            "subject": subject,
+            "text": text,
+            "created_at": self._clock.now() if self._clock else None,
+        }
+        if dedupe_key:
+            document["_id"] = f"{tenant_id}:{dedupe_key}"
+        try:
+            self._collection.insert_one(document)
+        except DuplicateKeyError:
+            return False
+        logger.warning("notice to %s: %s", ", ".join(addresses) or "(no address set)", subject)
+        if self._smtp_url and addresses:
+            self._send(addresses, subject, text)
+        return True
+
+    def _send(self, addresses: list[str], subject: str, text: str) -> None:
+        message = EmailMessage()
+        message["From"] = self._mail_from
+        message["To"] = ", ".join(addresses)
+        message["Subject"] = subject
+        message.set_content(text)
+        target = urlparse(self._smtp_url)
+        try:
+            smtp_class = smtplib.SMTP_SSL if target.scheme == "smtps" else smtplib.SMTP
+            with smtp_class(target.hostname or "localhost", target.port or 25, timeout=10) as smtp:
+                if target.username:
+                    smtp.login(target.username, target.password or "")
+                smtp.send_message(message)
+        except (OSError, smtplib.SMTPException):
+            logger.exception("sending the notice %r by SMTP failed; it stays in the dashboard", subject)

@@ -1,0 +1,99 @@
+"""Process settings, read once from the environment into a frozen object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+
+class SettingsError(ValueError):
+    """A setting is missing or has a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every environment variable the services read, with its default.
+
+    The defaults run the embedded default: in-process broker, mongomock store, local
+    simulators. Production sets the URLs and secrets; `from_env` refuses to start a
+    MongoDB-backed process without a secret key.
+    """
+
+    broker_url: str = "memory://"
+    mongo_url: str = "mongomock://localhost/textmanager"
+    secret_key: str = ""
+    session_secret: str = ""
+    public_callback_url: str = "http://127.0.0.1:8001"
+    twilio_base_url: str = ""
+    log_format: str = "text"
+    log_level: str = "INFO"
+    smtp_url: str = ""
+    mail_from: str = "Text Manager <no-reply@localhost>"
+    secure_cookies: bool = False
+    session_hours: float = 12.0
+    scheduler_poll_s: float = 1.0
+    sender_workers: int = 4
+    sender_health_port: int = 8002
+    sender_claim_lease_s: float = 60.0
+    twilio_timeout_s: float = 15.0
+    imis_timeout_s: float = 30.0
+
+    @property
+    def uses_mongomock(self) -> bool:
+        return self.mongo_url.startswith("mongomock://")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from `TM_*` variables; raise SettingsError naming a bad one."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in fields(cls):
+            name = "TM_" + field.name.upper()
+            if name in environ and environ[name] != "":
+                values[field.name] = _convert(name, environ[name], field.type)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise SettingsError when a combination of values cannot work."""
+        if not self.uses_mongomock and not self.mongo_url.startswith(("mongodb://", "mongodb+srv://")):
+            raise SettingsError(
+                f"TM_MONGO_URL must start with mongodb://, mongodb+srv:// or mongomock://, got {self.mongo_url!r}"
+            )
+        if not self.broker_url.startswith(("memory://", "amqp://", "amqps://")):
+            raise SettingsError(
+                f"TM_BROKER_URL must start with amqp://, amqps:// or memory://, got {self.broker_url!r}"
+            )
+        if not self.uses_mongomock and not (self.secret_key and self.session_secret):
+            raise SettingsError(
+                "TM_SECRET_KEY and TM_SESSION_SECRET are required with MongoDB: set TM_SECRET_KEY to "
+                "a Fernet key (python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())') and TM_SESSION_SECRET to a long random string"
+            )
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"TM_LOG_FORMAT must be text or json, got {self.log_format!r}")
+
+
+def _convert(name: str, raw: str, kind: object) -> object:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind_name == "bool":
+            return _parse_bool(raw)
+        if kind_name == "int":
+            return int(raw)
+        if kind_name == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a {kind_name}, got {raw!r}") from None
+    return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

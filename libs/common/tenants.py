@@ -1,0 +1,95 @@
+"""Tenants (one organisation each, keyed by Cloud ID) and their encrypted secrets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+
+from pymongo.database import Database
+
+from libs.common.crypto import SecretBox
+
+SECRET_FIELDS = ("imis_password", "twilio_auth_token")
+
+
+class TenantNotFound(LookupError):
+    """No tenant has this Cloud ID."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One organisation's configuration, with its secrets decrypted.
+
+    `repr` leaves the secrets out so that a logged tenant never shows them.
+    """
+
+    cloud_id: str
+    name: str
+    imis_base_url: str
+    imis_username: str
+    twilio_account_sid: str
+    sender_number: str
+    imis_password: str = field(default="", repr=False)
+    twilio_auth_token: str = field(default="", repr=False)
+    messaging_service_sid: str = ""
+    sender_kind: str = "toll-free"
+    sender_rate_sps: float = 3.0
+    default_country: str = "US"
+    default_email: str = ""
+    timezone: str = "America/New_York"
+    daily_limit: int = 3000
+    run_segment_limit: int = 10000
+
+    def public_view(self) -> dict:
+        """Return the settings staff may see: secrets only as whether they are set."""
+        view = {key: value for key, value in asdict(self).items() if key not in SECRET_FIELDS}
+        for secret in SECRET_FIELDS:
+            view[f"{secret}_set"] = bool(getattr(self, secret))
+        return view
+
+
+TENANT_FIELDS = tuple(f.name for f in fields(Tenant))
+
+
+class TenantRepository:
+    """Store and load tenants, encrypting secrets on the way in."""
+
+    def __init__(self, db: Database, secrets: SecretBox):
+        self._collection = db.tenants
+        self._secrets = secrets
+
+    def get(self, cloud_id: str) -> Tenant:
+        """Return the tenant; raise TenantNotFound when the Cloud ID is unknown."""
+        document = self._collection.find_one({"_id": cloud_id})
+        if document is None:
+            raise TenantNotFound(cloud_id)
+        return self._from_document(document)
+
+    def save(self, tenant: Tenant) -> None:
+        """Insert or replace the tenant, secrets encrypted."""
+        document = {"_id": tenant.cloud_id, "updated_at": datetime.now(timezone.utc)}
+        for name in TENANT_FIELDS:
+            value = getattr(tenant, name)
+            if name in SECRET_FIELDS:
+                document[f"{name}_enc"] = self._secrets.encrypt(value) if value else ""
+            else:
+                document[name] = value
+        self._collection.replace_one({"_id": tenant.cloud_id}, document, upsert=True)
+
+    def update(self, cloud_id: str, changes: dict) -> Tenant:
+        """Apply changes (unknown keys ignored, empty secrets left as they were) and save."""
+        tenant = self.get(cloud_id)
+        allowed = {
+            key: value for key, value in changes.items()
+            if key in TENANT_FIELDS and key != "cloud_id" and not (key in SECRET_FIELDS and not value)
+        }
+        updated = replace(tenant, **allowed)
+        self.save(updated)
+        return updated
+
+    def _from_document(self, document: dict) -> Tenant:
+        values = {name: document[name] for name in TENANT_FIELDS if name in document}
+        for secret in SECRET_FIELDS:
+            stored = document.get(f"{secret}_enc", "")
+            values[secret] = self._secrets.decrypt(stored) if stored else ""
+        return Tenant(**values)
