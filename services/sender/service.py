@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from libs.common.broker import QUEUE_IMIS, Reject, Retry
+from libs.common.broker import QUEUE_IMIS, QUEUE_JOBS, Reject, Retry
 from libs.common.logs import log_context
 from libs.common.progress import PARKED_STATUSES, RunProgress
 from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
@@ -79,11 +79,13 @@ class Sender:
             return
         if run["status"] == "paused":
             self._park(job, claim, "paused")
+            self._republish_if_resumed(job)
             return
         if claim.unknown_outcome_since is not None and self._reconcile(job, claim, tenant):
             return
         if not self._reserve_daily_allowance(tenant):
-            self._park(job, claim, "deferred")
+            self._release(job, claim, "deferred", reason="daily allowance used up",
+                          deferred_until=self._next_midnight(tenant))
             return
 
         self._pacer.wait_for(f"{tenant.cloud_id}:{tenant.sender_number}", job["segments"], tenant.sender_rate_sps)
@@ -226,6 +228,15 @@ class Sender:
             {"$set": fields, "$unset": {"claim_token": "", "claim_until": ""}},
         )
 
+    def _republish_if_resumed(self, job: dict) -> None:
+        """Publish a parked job again when staff resumed the run while it was being parked."""
+        run = self._db.runs.find_one({"_id": job["run_id"]}, {"status": 1})
+        if run and run["status"] != "paused":
+            parked = self._db.messages.find_one_and_update({"_id": job["message_id"], "status": "paused"},
+                                                           {"$set": {"status": "retrying"}})
+            if parked is not None:
+                self._broker.publish(QUEUE_JOBS, job, message_id=job["message_id"])
+
     def _pause_campaign(self, job: dict, tenant: Tenant, reason: str) -> None:
         paused = self._db.runs.find_one_and_update(
             {"_id": job["run_id"], "status": {"$in": ["expanding", "sending"]}},
@@ -252,6 +263,11 @@ class Sender:
             return True
         except DuplicateKeyError:
             return False
+
+    def _next_midnight(self, tenant: Tenant):
+        local = self._clock.now().astimezone(ZoneInfo(tenant.timezone))
+        tomorrow = datetime.combine(local.date() + timedelta(days=1), time(0, 0), tzinfo=local.tzinfo)
+        return tomorrow.astimezone(timezone.utc)
 
     def _release_allowance(self, tenant: Tenant) -> None:
         day = self._clock.now().astimezone(ZoneInfo(tenant.timezone)).date().isoformat()

@@ -1,0 +1,64 @@
+"""The webhooks Twilio calls: status callbacks and inbound messages, signature checked."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from flask import Flask, Response, abort, request
+
+from libs.common.runtime import Runtime
+from libs.common.tenants import TenantNotFound
+from libs.common.twilio_client import verify_signature
+from services.feedback.service import FeedbackService
+
+logger = logging.getLogger(__name__)
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+def create_app(runtime: Runtime | None = None) -> Flask:
+    """Build the feedback web app; without a runtime, build one from the environment."""
+    if runtime is None:
+        from services.feedback.main import runtime_from_env, start_imis_writer
+
+        runtime = runtime_from_env()
+        start_imis_writer(runtime, threading.Event())
+    app = Flask(__name__)
+    service = FeedbackService(runtime.db, broker=runtime.broker, tenants=runtime.tenants, clock=runtime.clock)
+    public_base = runtime.settings.public_callback_url.rstrip("/")
+
+    def verify(tenant_id: str) -> None:
+        """Abort with 403 unless the request carries the tenant's valid Twilio signature."""
+        try:
+            token = runtime.tenants.get(tenant_id).twilio_auth_token
+        except TenantNotFound:
+            token = ""
+        url = public_base + request.path + (f"?{request.query_string.decode()}" if request.query_string else "")
+        signature = request.headers.get("X-Twilio-Signature")
+        if not token or not verify_signature(token, url, request.form.to_dict(), signature):
+            logger.warning("rejected a webhook with a %s signature from %s for %s",
+                           "missing" if not signature else "wrong", request.remote_addr, request.path)
+            abort(403)
+
+    @app.post("/twilio/status/<tenant_id>/<message_id>")
+    def status_callback(tenant_id: str, message_id: str):
+        """Apply a message status callback."""
+        verify(tenant_id)
+        service.on_status_callback(tenant_id, message_id, request.form.to_dict())
+        return Response(status=204)
+
+    @app.post("/twilio/inbound/<tenant_id>")
+    def inbound(tenant_id: str):
+        """Record STOP and START replies; Twilio sends the standard reply itself."""
+        verify(tenant_id)
+        service.on_inbound(tenant_id, request.form.to_dict())
+        return Response(EMPTY_TWIML, mimetype="text/xml")
+
+    @app.get("/healthz")
+    def healthz():
+        """Report that the service answers and its store is reachable."""
+        runtime.db.command("ping")
+        return {"status": "ok"}
+
+    return app

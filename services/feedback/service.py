@@ -1,0 +1,204 @@
+"""Apply Twilio status callbacks and inbound opt-out keywords; write opt-outs to iMIS."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from pymongo.database import Database
+
+from libs.common.broker import QUEUE_IMIS, Reject, Retry
+from libs.common.imis import ImisError, ImisUnavailable
+from libs.common.logs import log_context
+from libs.common.progress import RunProgress, apply_callback_status
+from libs.common.tenants import TenantNotFound, TenantRepository
+
+logger = logging.getLogger(__name__)
+
+OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
+OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
+OPT_OUT_ERROR_CODES = (21610,)
+TOLL_FREE_BLOCKED = 30004
+TEXTUNSUB = "TEXTUNSUB"
+TEXTUNSUB_CATEGORY = "Text Manager"
+
+
+def keyword_of(body: str, opt_out_type: str | None) -> str | None:
+    """Return "STOP", "START" or None for an inbound text, as Twilio's default keywords read it."""
+    if opt_out_type in ("STOP", "START"):
+        return opt_out_type
+    word = (body or "").strip().upper()
+    if word in OPT_OUT_KEYWORDS:
+        return "STOP"
+    if word in OPT_IN_KEYWORDS:
+        return "START"
+    return None
+
+
+class FeedbackService:
+    """Store callbacks for the audit trail and move messages and opt-outs forward."""
+
+    def __init__(self, db: Database, *, broker, tenants: TenantRepository, clock):
+        self._db = db
+        self._broker = broker
+        self._tenants = tenants
+        self._clock = clock
+        self._progress = RunProgress(db, clock)
+
+    def on_status_callback(self, tenant_id: str, message_id: str, form: dict) -> None:
+        """Apply one verified status callback to its message."""
+        now = self._clock.now()
+        status = form.get("MessageStatus") or form.get("SmsStatus") or ""
+        error_code = _int_or_none(form.get("ErrorCode"))
+        self._db.callbacks.insert_one({"tenant_id": tenant_id, "message_id": message_id, "kind": "status",
+                                       "received_at": now, "form": dict(form)})
+        message = self._db.messages.find_one({"_id": message_id, "tenant_id": tenant_id})
+        if message is None:
+            logger.warning("status callback for an unknown message %s kept in the audit trail", message_id)
+            return
+        with log_context(tenant_id=tenant_id, campaign_id=message["campaign_id"], run_id=message["run_id"],
+                         message_id=message_id):
+            if form.get("MessageSid") and not message.get("sid"):
+                self._db.messages.update_one({"_id": message_id, "sid": {"$exists": False}},
+                                             {"$set": {"sid": form["MessageSid"]}})
+            if self._is_opt_out(tenant_id, error_code):
+                self._opt_out_from_callback(message, now)
+                return
+            applied = apply_callback_status(self._db, self._progress, tenant_id=tenant_id, message_id=message_id,
+                                            status=status, error_code=error_code, at=now)
+            logger.info("callback %s%s: %s", status, f" ({error_code})" if error_code else "",
+                        "applied" if applied else "no change")
+
+    def on_inbound(self, tenant_id: str, form: dict) -> str | None:
+        """Record an inbound STOP or START at once; return the keyword acted on."""
+        now = self._clock.now()
+        self._db.callbacks.insert_one({"tenant_id": tenant_id, "kind": "inbound", "received_at": now,
+                                       "form": {key: value for key, value in form.items() if key != "Body"}})
+        keyword = keyword_of(form.get("Body", ""), form.get("OptOutType"))
+        number = form.get("From", "")
+        if keyword is None or not number:
+            return None
+        member_ids = sorted({str(m) for m in self._db.messages.distinct("member_id", {"tenant_id": tenant_id, "to": number}) if m})
+        if keyword == "STOP":
+            self._record_opt_out(tenant_id, number, member_ids, source="inbound-stop", at=now)
+        else:
+            self._record_opt_in(tenant_id, number, at=now)
+        return keyword
+
+    def _is_opt_out(self, tenant_id: str, error_code: int | None) -> bool:
+        if error_code in OPT_OUT_ERROR_CODES:
+            return True
+        if error_code == TOLL_FREE_BLOCKED:
+            try:
+                return self._tenants.get(tenant_id).sender_kind == "toll-free"
+            except TenantNotFound:
+                return False
+        return False
+
+    def _opt_out_from_callback(self, message: dict, now: datetime) -> None:
+        applied = apply_callback_status(self._db, self._progress, tenant_id=message["tenant_id"],
+                                        message_id=message["_id"], status="opted_out", error_code=21610, at=now)
+        if applied:
+            sent_at = message.get("sent_at") or now
+            self._record_opt_out(message["tenant_id"], message["to"], [message["member_id"]],
+                                 source="twilio-callback", at=sent_at)
+
+    def _record_opt_out(self, tenant_id: str, number: str, member_ids: list[str], *, source: str, at: datetime) -> None:
+        self._db.optouts.update_one(
+            {"_id": f"{tenant_id}:{number}"},
+            {"$set": {"tenant_id": tenant_id, "number": number, "opted_out_at": at, "source": source},
+             "$addToSet": {"member_ids": {"$each": member_ids}}},
+            upsert=True,
+        )
+        logger.info("opt-out recorded for %s member(s) (%s)", len(member_ids), source)
+        if member_ids:
+            self._broker.publish(QUEUE_IMIS, {"kind": "textunsub", "tenant_id": tenant_id, "number": number,
+                                              "member_ids": member_ids, "sent_at": at.isoformat(), "message_id": None})
+
+    def _record_opt_in(self, tenant_id: str, number: str, *, at: datetime) -> None:
+        removed = self._db.optouts.find_one_and_delete({"_id": f"{tenant_id}:{number}"})
+        if removed is None:
+            return
+        logger.info("resubscribe recorded; removing %s TEXTUNSUB activities", len(removed.get("activities", [])))
+        if removed.get("activities"):
+            self._broker.publish(QUEUE_IMIS, {"kind": "resubscribe", "tenant_id": tenant_id, "number": number,
+                                              "member_ids": removed.get("member_ids", []),
+                                              "activities": removed["activities"], "sent_at": at.isoformat(),
+                                              "message_id": None})
+
+
+class ImisWriter:
+    """Consume `tm.imis`: write TEXTUNSUB activities, and delete them on resubscribe.
+
+    Each activity's SEQN is stored on the opt-out, because deleting by member id alone
+    would remove all of a member's activities. Before writing, the member's existing
+    TEXTUNSUB rows are read, so a write repeated after a crash does not duplicate one.
+    """
+
+    def __init__(self, db: Database, *, tenants: TenantRepository, imis_factory, clock):
+        self._db = db
+        self._tenants = tenants
+        self._imis_factory = imis_factory
+        self._clock = clock
+
+    def handle(self, delivery) -> None:
+        body = delivery.body
+        if not isinstance(body, dict) or body.get("kind") not in ("textunsub", "resubscribe"):
+            raise Reject("iMIS job needs kind textunsub or resubscribe")
+        with log_context(tenant_id=body.get("tenant_id"), message_id=body.get("message_id")):
+            try:
+                tenant = self._tenants.get(body["tenant_id"])
+            except (TenantNotFound, KeyError):
+                raise Reject(f"unknown tenant {body.get('tenant_id')!r}") from None
+            imis = self._imis_factory(tenant)
+            try:
+                if body["kind"] == "textunsub":
+                    self._write_textunsub(imis, body)
+                else:
+                    self._delete_textunsub(imis, body)
+            except ImisUnavailable as error:
+                raise Retry(f"iMIS unavailable: {error.message}") from None
+            except ImisError as error:
+                raise Reject(f"iMIS refused the activity: {error.message}") from None
+
+    def _write_textunsub(self, imis, body: dict) -> None:
+        optout_id = f"{body['tenant_id']}:{body['number']}"
+        optout = self._db.optouts.find_one({"_id": optout_id, "tenant_id": body["tenant_id"]})
+        if optout is None:
+            logger.info("the number resubscribed before the activity was written; nothing to do")
+            return
+        written = {entry["member_id"] for entry in optout.get("activities", [])}
+        sent_at = datetime.fromisoformat(body["sent_at"])
+        for member_id in body["member_ids"]:
+            if member_id in written:
+                continue
+            seqn = self._existing_activity(imis, member_id, body["number"])
+            if seqn is None:
+                seqn = imis.create_activity(party_id=member_id, activity_type=TEXTUNSUB, transaction_date=sent_at,
+                                            category=TEXTUNSUB_CATEGORY, uf_1=body["number"])
+            self._db.optouts.update_one({"_id": optout_id},
+                                        {"$push": {"activities": {"member_id": member_id, "seqn": seqn}}})
+            logger.info("TEXTUNSUB activity %s written for member %s", seqn, member_id)
+
+    @staticmethod
+    def _existing_activity(imis, member_id: str, number: str) -> str | None:
+        for activity in imis.find_activities(member_id, TEXTUNSUB):
+            if activity.get("uf_1") == number:
+                return activity["seqn"]
+        return None
+
+    def _delete_textunsub(self, imis, body: dict) -> None:
+        for entry in body.get("activities", []):
+            try:
+                imis.delete_activity(entry["seqn"])
+            except ImisError as error:
+                if getattr(error, "status", None) != 404:
+                    raise
+            logger.info("TEXTUNSUB activity %s deleted for member %s", entry["seqn"], entry["member_id"])
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None

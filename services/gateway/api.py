@@ -1,0 +1,150 @@
+"""The JSON API staff use through the web UI: sessions, campaigns, settings, checks."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, jsonify, request
+from marshmallow import Schema, ValidationError
+
+from libs.common.phones import check_number
+from libs.common.texts import measure
+from services.gateway import schemas
+from services.gateway.auth import COOKIE_NAME, login_required, sign_in
+from services.gateway.errors import InvalidInput
+
+api = Blueprint("api", __name__, url_prefix="/api")
+
+
+def _ctx():
+    return current_app.extensions["text_manager"]
+
+
+requires_session = login_required(lambda: _ctx().sessions)
+
+
+def load(schema: Schema) -> dict:
+    """Validate the JSON body with a schema; raise InvalidInput naming each bad field."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object (Content-Type: application/json)")
+    try:
+        return schema.load(body)
+    except ValidationError as error:
+        raise InvalidInput("some fields are invalid: correct them and send again", {"fields": error.messages}) from None
+
+
+@api.post("/session")
+def create_session():
+    """Sign in with iMIS user name, password and Cloud ID; set the session cookie."""
+    data = load(schemas.SessionIn())
+    ctx = _ctx()
+    sign_in(ctx.runtime.tenants, cloud_id=data["cloud_id"], username=data["username"], password=data["password"],
+            timeout_s=ctx.runtime.settings.imis_timeout_s)
+    token, session = ctx.sessions.create(data["cloud_id"], data["username"])
+    response = jsonify(schemas.SessionOut().dump(session))
+    response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="Lax", secure=ctx.runtime.settings.secure_cookies,
+                        max_age=int(ctx.runtime.settings.session_hours * 3600))
+    return response, 201
+
+
+@api.get("/session")
+@requires_session
+def read_session():
+    """Return who is signed in and the CSRF token to send with changes."""
+    return schemas.SessionOut().dump(g.session)
+
+
+@api.delete("/session")
+@requires_session
+def delete_session():
+    """Sign out."""
+    _ctx().sessions.delete(request.cookies.get(COOKIE_NAME))
+    response = jsonify({})
+    response.delete_cookie(COOKIE_NAME)
+    return response
+
+
+@api.get("/campaigns")
+@requires_session
+def list_campaigns():
+    """List the organisation's campaigns, newest first."""
+    return {"campaigns": schemas.CampaignOut(many=True).dump(_ctx().campaigns.list(g.tenant_id))}
+
+
+@api.post("/campaigns")
+@requires_session
+def create_campaign():
+    """Create a draft campaign."""
+    data = load(schemas.CampaignIn())
+    campaign = _ctx().campaigns.create(g.tenant_id, data, g.session["username"])
+    return schemas.CampaignOut().dump(campaign), 201
+
+
+@api.get("/campaigns/<campaign_id>")
+@requires_session
+def read_campaign(campaign_id: str):
+    """Return a campaign with its counts."""
+    return schemas.CampaignOut().dump(_ctx().campaigns.get(g.tenant_id, campaign_id))
+
+
+@api.post("/campaigns/<campaign_id>/send")
+@requires_session
+def send_campaign(campaign_id: str):
+    """Send now, or once at `send_at`."""
+    data = load(schemas.SendIn()) if request.get_data() else {"send_at": None}
+    campaign = _ctx().campaigns.send(g.tenant_id, campaign_id, data["send_at"])
+    return schemas.CampaignOut().dump(campaign), 202
+
+
+@api.post("/campaigns/<campaign_id>/<action>")
+@requires_session
+def steer_campaign(campaign_id: str, action: str):
+    """Pause, resume or cancel the campaign's current run."""
+    operations = {"pause": _ctx().campaigns.pause, "resume": _ctx().campaigns.resume, "cancel": _ctx().campaigns.cancel}
+    if action not in operations:
+        raise InvalidInput(f"unknown action {action!r}: use pause, resume or cancel")
+    return schemas.CampaignOut().dump(operations[action](g.tenant_id, campaign_id))
+
+
+@api.get("/runs/<run_id>")
+@requires_session
+def read_run(run_id: str):
+    """Return a run's counts and the rows it skipped, with reasons (`offset`, `limit`)."""
+    offset = request.args.get("offset", 0, type=int)
+    limit = min(request.args.get("limit", 100, type=int), 1000)
+    report = _ctx().campaigns.run_report(g.tenant_id, run_id, offset=max(offset, 0), limit=max(limit, 1))
+    return {"run": schemas.RunOut().dump(report["run"]), "skipped": report["skipped"],
+            "skipped_total": report["skipped_total"]}
+
+
+@api.get("/settings")
+@requires_session
+def read_settings():
+    """Return the organisation's settings; secrets only as whether they are set."""
+    return schemas.SettingsOut().dump(_ctx().runtime.tenants.get(g.tenant_id).public_view())
+
+
+@api.put("/settings")
+@requires_session
+def update_settings():
+    """Change settings; an omitted or empty secret keeps its stored value."""
+    data = load(schemas.SettingsIn())
+    tenant = _ctx().runtime.tenants.update(g.tenant_id, data)
+    return schemas.SettingsOut().dump(tenant.public_view())
+
+
+@api.post("/texts/measure")
+@requires_session
+def measure_text():
+    """Return the encoding, segments and units of a text as the editor types it."""
+    data = load(schemas.MeasureIn())
+    return schemas.MeasureOut().dump(measure(data["body"]))
+
+
+@api.post("/phone-numbers/check")
+@requires_session
+def check_phone_number():
+    """Normalise a number and say whether it can take a text (the opt-out list is not read)."""
+    data = load(schemas.PhoneCheckIn())
+    country = data["country"] or _ctx().runtime.tenants.get(g.tenant_id).default_country
+    number = "" if data["number"] is None else data["number"]
+    return schemas.PhoneCheckOut().dump(check_number(number, country))

@@ -1,0 +1,94 @@
+"""Staff sessions: sign-in against the tenant's iMIS, cookies and CSRF tokens."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from flask import g, request
+from pymongo.database import Database
+
+from libs.common.imis import ImisAuthError, ImisClient, ImisError, ImisUnavailable
+from libs.common.tenants import TenantNotFound, TenantRepository
+from services.gateway.errors import CsrfFailed, NotSignedIn, SignInFailed, UpstreamUnavailable
+
+COOKIE_NAME = "tm_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class SessionStore:
+    """Server-side sessions; the store keeps only an HMAC of each cookie value."""
+
+    def __init__(self, db: Database, *, session_secret: str, clock, lifetime_hours: float):
+        self._sessions = db.sessions
+        self._key = (session_secret or secrets.token_hex(32)).encode()
+        self._clock = clock
+        self._lifetime = timedelta(hours=lifetime_hours)
+
+    def create(self, tenant_id: str, username: str) -> tuple[str, dict]:
+        """Store a new session; return the cookie value and the session."""
+        token = secrets.token_urlsafe(32)
+        session = {"_id": self._digest(token), "tenant_id": tenant_id, "username": username,
+                   "csrf_token": secrets.token_urlsafe(32), "expires_at": self._clock.now() + self._lifetime}
+        self._sessions.insert_one(session)
+        return token, session
+
+    def find(self, token: str | None) -> dict | None:
+        if not token:
+            return None
+        session = self._sessions.find_one({"_id": self._digest(token)})
+        if session is None or session["expires_at"].replace(tzinfo=self._clock.now().tzinfo) <= self._clock.now():
+            return None
+        return session
+
+    def delete(self, token: str | None) -> None:
+        if token:
+            self._sessions.delete_one({"_id": self._digest(token)})
+
+    def _digest(self, token: str) -> str:
+        return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_in(tenants: TenantRepository, *, cloud_id: str, username: str, password: str, timeout_s: float) -> None:
+    """Check the staff member's iMIS credentials; raise SignInFailed or UpstreamUnavailable."""
+    try:
+        tenant = tenants.get(cloud_id)
+    except TenantNotFound:
+        raise SignInFailed(f"no organisation uses the Cloud ID {cloud_id!r}: check the Cloud ID you received",
+                           {"field": "cloud_id"}) from None
+    try:
+        ImisClient(tenant.imis_base_url, timeout_s=timeout_s).get_token(username, password)
+    except ImisAuthError:
+        raise SignInFailed("iMIS did not accept this user name and password: check them and try again",
+                           {"field": "password"}) from None
+    except ImisUnavailable as error:
+        raise UpstreamUnavailable(f"iMIS at {tenant.imis_base_url} did not answer: {error.message}. "
+                                  "Try again later, or ask your administrator to check the iMIS address") from None
+    except ImisError as error:
+        raise UpstreamUnavailable(f"iMIS sign-in failed: {error.message}") from None
+
+
+def login_required(sessions_getter):
+    """Decorate a view: require a session, and the CSRF header on state-changing requests."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapped(*args, **kwargs):
+            session = sessions_getter().find(request.cookies.get(COOKIE_NAME))
+            if session is None:
+                raise NotSignedIn("sign in first")
+            if request.method not in SAFE_METHODS:
+                sent = request.headers.get(CSRF_HEADER, "")
+                if not hmac.compare_digest(sent, session["csrf_token"]):
+                    raise CsrfFailed(f"missing or wrong {CSRF_HEADER} header: send the csrf_token from sign-in")
+            g.session = session
+            g.tenant_id = session["tenant_id"]
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorator

@@ -1,0 +1,68 @@
+"""The OpenAPI 3 description of the gateway's JSON API, built from its schemas."""
+
+from __future__ import annotations
+
+import functools
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from services.gateway import schemas
+
+# (method, path, summary, request schema, response status, response schema)
+OPERATIONS = [
+    ("post", "/api/session", "Sign in with iMIS credentials and a Cloud ID", "SessionIn", 201, "SessionOut"),
+    ("get", "/api/session", "Who is signed in, and the CSRF token", None, 200, "SessionOut"),
+    ("delete", "/api/session", "Sign out", None, 200, None),
+    ("get", "/api/campaigns", "List campaigns", None, 200, None),
+    ("post", "/api/campaigns", "Create a draft campaign", "CampaignIn", 201, "CampaignOut"),
+    ("get", "/api/campaigns/{campaign_id}", "A campaign with its counts", None, 200, "CampaignOut"),
+    ("post", "/api/campaigns/{campaign_id}/send", "Send now or at send_at", "SendIn", 202, "CampaignOut"),
+    ("post", "/api/campaigns/{campaign_id}/pause", "Pause between texts", None, 200, "CampaignOut"),
+    ("post", "/api/campaigns/{campaign_id}/resume", "Resume where sending stopped", None, 200, "CampaignOut"),
+    ("post", "/api/campaigns/{campaign_id}/cancel", "Cancel the current run", None, 200, "CampaignOut"),
+    ("get", "/api/runs/{run_id}", "A run's counts and skipped rows", None, 200, None),
+    ("get", "/api/settings", "The organisation's settings", None, 200, "SettingsOut"),
+    ("put", "/api/settings", "Change settings", "SettingsIn", 200, "SettingsOut"),
+    ("post", "/api/texts/measure", "Encoding and segments of a text", "MeasureIn", 200, "MeasureOut"),
+    ("post", "/api/phone-numbers/check", "Normalise and check a number", "PhoneCheckIn", 200, "PhoneCheckOut"),
+]
+
+SCHEMA_NAMES = sorted({name for op in OPERATIONS for name in (op[3], op[5]) if name})
+
+
+@functools.lru_cache(maxsize=1)
+def build_spec() -> dict:
+    """Return the OpenAPI document as a dict."""
+    spec = APISpec(title="Text Manager API", version="1.0.0", openapi_version="3.0.3", plugins=[MarshmallowPlugin()])
+    spec.components.schema("Error", {"type": "object", "required": ["error", "message", "details"], "properties": {
+        "error": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}})
+    spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "tm_session"})
+    for name in SCHEMA_NAMES:
+        spec.components.schema(name, schema=getattr(schemas, name))
+    paths: dict[str, dict] = {}
+    for method, path, summary, request_schema, status, response_schema in OPERATIONS:
+        paths.setdefault(path, {})[method] = _operation(path, summary, request_schema, status, response_schema)
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations)
+    return spec.to_dict()
+
+
+def _operation(path: str, summary: str, request_schema: str | None, status: int, response_schema: str | None) -> dict:
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    operation = {"summary": summary, "responses": {
+        str(status): {"description": "success"},
+        "401": dict(error, description="not signed in"),
+        "422": dict(error, description="invalid input"),
+    }}
+    if response_schema:
+        operation["responses"][str(status)]["content"] = {"application/json": {"schema": response_schema}}
+    if request_schema:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": request_schema}}}
+    if path != "/api/session":
+        operation["security"] = [{"session": []}]
+    parameters = [part.strip("{}") for part in path.split("/") if part.startswith("{")]
+    if parameters:
+        operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                   for name in parameters]
+    return operation

@@ -1,0 +1,169 @@
+"""marshmallow schemas for the JSON API: one for what comes in, one for what goes out."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+
+from libs.common.phones import is_valid_country
+from libs.common.texts import MAX_BODY_CHARS, measure
+
+
+class SessionIn(Schema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=500))
+    cloud_id = fields.String(required=True, validate=validate.Length(min=1, max=100))
+
+
+class SessionOut(Schema):
+    username = fields.String()
+    cloud_id = fields.String(attribute="tenant_id")
+    csrf_token = fields.String()
+
+
+class CampaignIn(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    body = fields.String(required=True)
+    iqa_path = fields.String(required=True, validate=validate.Regexp(
+        r"^\$/.+", error="must be an IQA path starting with $/, for example $/TextManager/Members"))
+    email = fields.Email(load_default="")
+    phone_column = fields.String(load_default="Mobile", validate=validate.Length(min=1, max=100))
+    id_column = fields.String(load_default="ID", validate=validate.Length(min=1, max=100))
+    smart_encoding = fields.Boolean(load_default=False)
+    prompts = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+
+    @validates("body")
+    def check_body(self, value: str, **kwargs) -> None:
+        if not value.strip():
+            raise ValidationError("the text is empty: write the message to send")
+        if measure(value).too_long:
+            raise ValidationError(f"the text is longer than {MAX_BODY_CHARS:,} characters: shorten it")
+
+
+class CountsOut(Schema):
+    recipients = fields.Integer()
+    sent = fields.Integer()
+    delivered = fields.Integer()
+    failed = fields.Integer()
+    opted_out = fields.Integer()
+    skipped = fields.Integer()
+
+
+class RunOut(Schema):
+    id = fields.String(attribute="_id")
+    status = fields.String()
+    due_at = fields.DateTime()
+    counts = fields.Nested(CountsOut)
+    skipped_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer())
+    segments = fields.Integer()
+    error = fields.String(allow_none=True)
+
+
+class CampaignOut(Schema):
+    id = fields.String(attribute="_id")
+    name = fields.String()
+    body = fields.String()
+    iqa_path = fields.String()
+    email = fields.String()
+    phone_column = fields.String()
+    id_column = fields.String()
+    smart_encoding = fields.Boolean()
+    status = fields.String()
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    counts = fields.Nested(CountsOut)
+    current_run = fields.Nested(RunOut, allow_none=True)
+
+
+class SendIn(Schema):
+    send_at = fields.AwareDateTime(load_default=None, allow_none=True)
+
+
+class MeasureIn(Schema):
+    body = fields.String(required=True)
+
+
+class MeasureOut(Schema):
+    encoding = fields.String()
+    segments = fields.Integer()
+    units = fields.Integer()
+    too_long = fields.Boolean()
+
+
+class PhoneCheckIn(Schema):
+    number = fields.Raw(required=True)
+    country = fields.String(load_default=None, allow_none=True)
+
+    @validates("country")
+    def check_country(self, value: str | None, **kwargs) -> None:
+        if value is not None and not is_valid_country(value):
+            raise ValidationError("must be an ISO 3166 alpha-2 country code such as US")
+
+    @validates("number")
+    def check_number_type(self, value: object, **kwargs) -> None:
+        if value is not None and not isinstance(value, (str, int)):
+            raise ValidationError("must be a string")
+
+
+class PhoneCheckOut(Schema):
+    e164 = fields.String(allow_none=True)
+    sendable = fields.Boolean()
+    reason = fields.String(allow_none=True)
+
+
+class SettingsIn(Schema):
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    imis_base_url = fields.Url(require_tld=False, schemes={"http", "https"})
+    imis_username = fields.String(validate=validate.Length(min=1, max=200))
+    imis_password = fields.String(load_only=True)
+    twilio_account_sid = fields.String(validate=validate.Regexp(r"^AC[0-9a-fA-F]{32}$",
+                                                                error="must be AC followed by 32 hex digits"))
+    twilio_auth_token = fields.String(load_only=True)
+    sender_number = fields.String(validate=validate.Regexp(r"^\+[1-9]\d{6,14}$",
+                                                           error="must be an E.164 number such as +18885550100"))
+    messaging_service_sid = fields.String(validate=validate.Regexp(r"^(MG[0-9a-fA-F]{32})?$",
+                                                                   error="must be MG followed by 32 hex digits"))
+    sender_kind = fields.String(validate=validate.OneOf(["toll-free", "long-code", "short-code"]))
+    sender_rate_sps = fields.Float(validate=validate.Range(min=0.1, max=1000))
+    default_country = fields.String()
+    default_email = fields.Email()
+    timezone = fields.String()
+    daily_limit = fields.Integer(validate=validate.Range(min=0))
+    run_segment_limit = fields.Integer(validate=validate.Range(min=1))
+
+    @validates("default_country")
+    def check_country(self, value: str, **kwargs) -> None:
+        if not is_valid_country(value):
+            raise ValidationError("must be an ISO 3166 alpha-2 country code such as US")
+
+    @validates("timezone")
+    def check_timezone(self, value: str, **kwargs) -> None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValidationError("must be an IANA time zone such as America/New_York") from None
+
+    @validates_schema
+    def check_not_empty(self, data: dict, **kwargs) -> None:
+        if not data:
+            raise ValidationError("send at least one setting to change")
+
+
+class SettingsOut(Schema):
+    cloud_id = fields.String()
+    name = fields.String()
+    imis_base_url = fields.String()
+    imis_username = fields.String()
+    imis_password_set = fields.Boolean()
+    twilio_account_sid = fields.String()
+    twilio_auth_token_set = fields.Boolean()
+    sender_number = fields.String()
+    messaging_service_sid = fields.String()
+    sender_kind = fields.String()
+    sender_rate_sps = fields.Float()
+    default_country = fields.String()
+    default_email = fields.String()
+    timezone = fields.String()
+    daily_limit = fields.Integer()
+    run_segment_limit = fields.Integer()

@@ -1,0 +1,146 @@
+"""Campaigns and runs as staff manage them; every query is scoped to one tenant."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+
+from pymongo import ReturnDocument
+from pymongo.database import Database
+
+from libs.common.broker import QUEUE_JOBS
+from libs.common.progress import RunProgress
+from services.gateway.errors import Conflict, InvalidInput, NotFound
+
+logger = logging.getLogger(__name__)
+
+COUNT_NAMES = ("recipients", "sent", "delivered", "failed", "opted_out", "skipped")
+ACTIVE_RUN_STATUSES = ("due", "publishing", "queued", "expanding", "sending", "paused")
+
+
+class CampaignService:
+    """Create campaigns, start runs and steer them; reads and writes filter on the tenant."""
+
+    def __init__(self, db: Database, *, broker, clock):
+        self._db = db
+        self._broker = broker
+        self._clock = clock
+        self._progress = RunProgress(db, clock)
+
+    def create(self, tenant_id: str, fields: dict, username: str) -> dict:
+        now = self._clock.now()
+        campaign = dict(fields, _id=uuid.uuid4().hex, tenant_id=tenant_id, status="draft", created_at=now,
+                        updated_at=now, created_by=username, current_run_id=None)
+        self._db.campaigns.insert_one(campaign)
+        logger.info("campaign %s created", campaign["_id"])
+        return self.get(tenant_id, campaign["_id"])
+
+    def list(self, tenant_id: str, limit: int = 200) -> list[dict]:
+        found = self._db.campaigns.find({"tenant_id": tenant_id}).sort("created_at", -1).limit(limit)
+        return [self._with_counts(campaign) for campaign in found]
+
+    def get(self, tenant_id: str, campaign_id: str) -> dict:
+        return self._with_counts(self._campaign(tenant_id, campaign_id))
+
+    def send(self, tenant_id: str, campaign_id: str, send_at: datetime | None) -> dict:
+        """Create a run due now or at `send_at`; raise Conflict while another run is active."""
+        campaign = self._campaign(tenant_id, campaign_id)
+        now = self._clock.now()
+        if send_at is not None and send_at <= now:
+            raise InvalidInput("send_at is in the past: pick a later time or leave it out to send now",
+                               {"send_at": send_at.isoformat()})
+        run_id = uuid.uuid4().hex
+        claimed = self._db.campaigns.find_one_and_update(
+            {"_id": campaign_id, "tenant_id": tenant_id, "current_run_id": campaign.get("current_run_id"),
+             "status": {"$nin": ["sending", "paused", "scheduled"]}},
+            {"$set": {"current_run_id": run_id, "status": "scheduled" if send_at else "sending", "error": None,
+                      "updated_at": now}},
+        )
+        if claimed is None:
+            raise Conflict("this campaign is already scheduled or sending: wait for it to finish, or cancel it first")
+        self._db.runs.insert_one({
+            "_id": run_id, "tenant_id": tenant_id, "campaign_id": campaign_id, "status": "due",
+            "due_at": send_at or now, "created_at": now, "counts": {name: 0 for name in COUNT_NAMES + ("done",)},
+            "expanded": False,
+        })
+        logger.info("run %s due at %s", run_id, (send_at or now).isoformat())
+        return self.get(tenant_id, campaign_id)
+
+    def pause(self, tenant_id: str, campaign_id: str) -> dict:
+        """Stop sending between texts; texts that arrive meanwhile wait as `paused`."""
+        run = self._current_run(tenant_id, campaign_id)
+        if self._db.runs.find_one_and_update({"_id": run["_id"], "status": {"$in": ["expanding", "sending"]}},
+                                             {"$set": {"status": "paused", "paused_reason": "paused by staff"}}) is None:
+            raise Conflict(f"the campaign is {run['status']}, so it cannot be paused")
+        self._set_campaign_status(tenant_id, campaign_id, "paused")
+        return self.get(tenant_id, campaign_id)
+
+    def resume(self, tenant_id: str, campaign_id: str) -> dict:
+        """Continue where sending stopped: publish again every text set aside while paused."""
+        run = self._current_run(tenant_id, campaign_id)
+        status = "sending" if run.get("expanded") else "expanding"
+        if self._db.runs.find_one_and_update({"_id": run["_id"], "status": "paused"},
+                                             {"$set": {"status": status}, "$unset": {"paused_reason": ""}}) is None:
+            raise Conflict(f"the campaign is {run['status']}, not paused")
+        self._set_campaign_status(tenant_id, campaign_id, "sending")
+        self._republish_parked(run["_id"], "paused")
+        return self.get(tenant_id, campaign_id)
+
+    def cancel(self, tenant_id: str, campaign_id: str) -> dict:
+        """Stop the run for good; texts not yet sent are marked cancelled."""
+        run = self._current_run(tenant_id, campaign_id)
+        if self._db.runs.find_one_and_update({"_id": run["_id"], "status": {"$in": list(ACTIVE_RUN_STATUSES)}},
+                                             {"$set": {"status": "cancelled", "cancelled_at": self._clock.now()}}) is None:
+            raise Conflict(f"the campaign is {run['status']}, so there is nothing to cancel")
+        self._set_campaign_status(tenant_id, campaign_id, "cancelled")
+        for status in ("paused", "deferred", "retrying"):
+            while True:
+                message = self._db.messages.find_one_and_update(
+                    {"run_id": run["_id"], "tenant_id": tenant_id, "status": status},
+                    {"$set": {"status": "cancelled", "reason": "campaign cancelled"}})
+                if message is None:
+                    break
+                self._progress.count_final(run["_id"], "cancelled")
+        return self.get(tenant_id, campaign_id)
+
+    def run_report(self, tenant_id: str, run_id: str, *, offset: int = 0, limit: int = 100) -> dict:
+        """Return a run with its skipped rows and their reasons, a page at a time."""
+        run = self._db.runs.find_one({"_id": run_id, "tenant_id": tenant_id})
+        if run is None:
+            raise NotFound(f"no run {run_id} in this organisation")
+        skipped = []
+        for page in self._db.run_pages.find({"run_id": run_id, "tenant_id": tenant_id}, {"skipped": 1}).sort("page_no", 1):
+            skipped.extend(page.get("skipped", []))
+        return {"run": run, "skipped": skipped[offset:offset + limit], "skipped_total": len(skipped)}
+
+    def _republish_parked(self, run_id: str, status: str) -> None:
+        for message in self._db.messages.find({"run_id": run_id, "status": status}, {"job": 1}):
+            self._broker.publish(QUEUE_JOBS, message["job"], message_id=message["_id"])
+
+    def _set_campaign_status(self, tenant_id: str, campaign_id: str, status: str) -> None:
+        self._db.campaigns.update_one({"_id": campaign_id, "tenant_id": tenant_id},
+                                      {"$set": {"status": status, "updated_at": self._clock.now()}})
+
+    def _campaign(self, tenant_id: str, campaign_id: str) -> dict:
+        campaign = self._db.campaigns.find_one({"_id": campaign_id, "tenant_id": tenant_id})
+        if campaign is None:
+            raise NotFound(f"no campaign {campaign_id} in this organisation")
+        return campaign
+
+    def _current_run(self, tenant_id: str, campaign_id: str) -> dict:
+        campaign = self._campaign(tenant_id, campaign_id)
+        run = self._db.runs.find_one({"_id": campaign.get("current_run_id"), "tenant_id": tenant_id})
+        if run is None:
+            raise Conflict("the campaign has not been sent yet")
+        return run
+
+    def _with_counts(self, campaign: dict) -> dict:
+        counts = {name: 0 for name in COUNT_NAMES}
+        current = None
+        for run in self._db.runs.find({"tenant_id": campaign["tenant_id"], "campaign_id": campaign["_id"]}):
+            for name in COUNT_NAMES:
+                counts[name] += run.get("counts", {}).get(name, 0)
+            if run["_id"] == campaign.get("current_run_id"):
+                current = run
+        return dict(campaign, counts=counts, current_run=current)
