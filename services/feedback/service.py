@@ -189,12 +189,9 @@ class ImisWriter:
 
     def _delete_textunsub(self, imis, body: dict) -> None:
         for entry in body.get("activities", []):
-            try:
-                imis.delete_activity(entry["seqn"])
-            except ImisError as error:
-                if getattr(error, "status", None) != 404:
-                    raise
-            logger.info("TEXTUNSUB activity %s deleted for member %s", entry["seqn"], entry["member_id"])
+            deleted = imis.delete_activity(entry["seqn"])
+            logger.info("TEXTUNSUB activity %s for member %s %s", entry["seqn"], entry["member_id"],
+                        "deleted" if deleted else "was already gone")
 
 
 def _int_or_none(value: object) -> int | None:

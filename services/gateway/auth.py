@@ -61,7 +61,8 @@ def sign_in(tenants: TenantRepository, *, cloud_id: str, username: str, password
         raise SignInFailed(f"no organisation uses the Cloud ID {cloud_id!r}: check the Cloud ID you received",
                            {"field": "cloud_id"}) from None
     try:
-        ImisClient(tenant.imis_base_url, timeout_s=timeout_s).get_token(username, password)
+        with ImisClient(tenant.imis_base_url, timeout_s=timeout_s) as client:
+            client.get_token(username, password)
     except ImisAuthError:
         raise SignInFailed("iMIS did not accept this user name and password: check them and try again",
                            {"field": "password"}) from None
