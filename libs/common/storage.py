@@ -39,7 +39,7 @@ def connect(mongo_url: str) -> Database:
         import mongomock
 
         _patch_mongomock()
-        return mongomock.MongoClient()[name]
+        return mongomock.MongoClient(tz_aware=True)[name]
     client = pymongo.MongoClient(mongo_url, tz_aware=True, serverSelectionTimeoutMS=5000)
     return client.get_database(name)
 
