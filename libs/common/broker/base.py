@@ -1,0 +1,266 @@
+"""Broker contract: queue names, handler outcomes and the abstract Broker."""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+logger = logging.getLogger(__name__)
+
+EXCHANGE = "tm"
+QUEUE_RUNS = "tm.runs"
+QUEUE_JOBS = "tm.jobs"
+QUEUE_IMIS = "tm.imis"
+QUEUE_DEAD = "tm.dead"
+WORK_QUEUES = (QUEUE_RUNS, QUEUE_JOBS, QUEUE_IMIS)
+RETRY_DELAYS_S = (1, 5, 30, 120, 600)
+
+ATTEMPT_HEADER = "x-attempt"
+DEATH_REASON_HEADER = "x-death-reason"
+ORIGINAL_QUEUE_HEADER = "x-original-queue"
+
+# Headers that only the broker uses: the attempt counter, which Delivery carries as a
+# field, and the x-death family that RabbitMQ adds when a delay queue's TTL expires.
+_BROKER_HEADERS = (ATTEMPT_HEADER, "x-death")
+_BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
+
+
+class Reject(Exception):
+    """Invalid message: dead-letter it, do not retry."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Retry(Exception):
+    """Transient failure: come back after delay_s, rounded up to the next delay step.
+
+    With delay_s None the step follows the attempt number: the first retry waits the
+    first step, the second retry the second step, and so on, capped at the last step.
+    """
+
+    def __init__(self, reason: str, delay_s: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.delay_s = delay_s
+
+
+class PublishError(Exception):
+    """A publish was nacked, unroutable or not confirmed in time."""
+
+
+class BrokerClosed(PublishError):
+    """The broker was closed or abandoned, so it publishes and consumes nothing more."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message handed to a handler."""
+
+    queue: str
+    body: dict
+    headers: dict
+    attempt: int
+    redelivered: bool
+    message_id: str | None
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message as it left the queue, before its body is decoded."""
+
+    queue: str
+    payload: bytes
+    headers: dict
+    message_id: str | None
+    redelivered: bool
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Destination of a settled message before its ack: a delay queue or the dead queue."""
+
+    queue: str
+    headers: dict
+    reason: str
+    dead: bool
+
+
+def delay_queue_name(queue: str, seconds: float) -> str:
+    """Return the name of the delay queue that keeps messages of `queue` for `seconds`."""
+    return f"{queue}.retry.{seconds:g}"
+
+
+def declared_queues(retry_delays_s: Iterable[float] = RETRY_DELAYS_S) -> tuple[str, ...]:
+    """Return every queue name the broker declares: work queues, delay queues, dead queue."""
+    delays = tuple(retry_delays_s)
+    names = list(WORK_QUEUES)
+    names += [delay_queue_name(queue, seconds) for queue in WORK_QUEUES for seconds in delays]
+    names.append(QUEUE_DEAD)
+    return tuple(names)
+
+
+def encode_body(body: dict) -> bytes:
+    """Return the JSON bytes of a message body; raises TypeError for a non-dict body."""
+    if not isinstance(body, dict):
+        raise TypeError(f"message body must be a dict, got {type(body).__name__}")
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def user_headers(headers: dict) -> dict:
+    """Return the headers without those the broker keeps for itself."""
+    return {
+        key: value for key, value in headers.items()
+        if key not in _BROKER_HEADERS and not key.startswith(_BROKER_HEADER_PREFIXES)
+    }
+
+
+def attempt_of(headers: dict) -> int:
+    """Return the attempt number stored in the headers; 1 when missing or invalid."""
+    attempt = headers.get(ATTEMPT_HEADER)
+    if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 1:
+        return attempt
+    return 1
+
+
+class Broker(abc.ABC):
+    """Publishes JSON messages with confirms and runs handlers on queues.
+
+    A handler returns to acknowledge, raises Reject to dead-letter, raises Retry (or
+    any other exception) to come back through a delay queue, up to max_attempts.
+    """
+
+    def __init__(self, *, max_attempts: int = 5, queue_prefix: str = "",
+                 retry_delays_s: Iterable[float] = RETRY_DELAYS_S):
+        delays = tuple(retry_delays_s)
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        if not delays or any(step <= 0 for step in delays) or list(delays) != sorted(delays):
+            raise ValueError(f"retry_delays_s must be positive and ascending, got {delays!r}")
+
+        self.max_attempts = max_attempts
+        self.queue_prefix = queue_prefix
+        self.retry_delays_s = delays
+
+    @abc.abstractmethod
+    def publish(self, queue: str, body: dict, *, headers: dict | None = None,
+                message_id: str | None = None) -> None:
+        """Publish one message and wait for the confirm; raises PublishError."""
+
+    @abc.abstractmethod
+    def publish_many(self, queue: str, bodies: Iterable[dict], *,
+                     message_ids: Iterable[str] | None = None) -> int:
+        """Publish a batch and wait for every confirm; returns the count, raises PublishError."""
+
+    @abc.abstractmethod
+    def consume(self, queue: str, handler: Callable[[Delivery], None], *, prefetch: int,
+                stop: threading.Event) -> None:
+        """Run handler on every message of queue until stop is set."""
+
+    @abc.abstractmethod
+    def queue_depth(self, queue: str) -> int:
+        """Return the number of messages ready in queue; raises ValueError for an unknown queue."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str) -> None:
+        """Drop every ready message of queue; raises ValueError for an unknown queue."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connections; running consumers return after their handler in flight."""
+
+    @abc.abstractmethod
+    def abandon(self) -> None:
+        """Drop the connections without acking, as a killed process would."""
+
+    def _name(self, queue: str) -> str:
+        return self.queue_prefix + queue
+
+    def _check_consumable(self, queue: str, prefetch: int) -> None:
+        if queue not in WORK_QUEUES:
+            raise ValueError(f"consume accepts only the work queues {WORK_QUEUES}, got {queue!r}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+
+    def _message_ids(self, count: int, message_ids: Iterable[str] | None) -> list[str | None]:
+        if message_ids is None:
+            return [None] * count
+        ids = list(message_ids)
+        if len(ids) != count:
+            raise ValueError(f"publish_many got {count} bodies but {len(ids)} message ids")
+        return ids
+
+    def _decide(self, handler: Callable[[Delivery], None], incoming: Incoming) -> Forward | None:
+        """Run handler on the message; returns where to forward it before the ack, or None."""
+        body = _decode(incoming.payload)
+        if isinstance(body, str):
+            return self._dead_letter(incoming, body)
+
+        headers = user_headers(incoming.headers)
+        attempt = attempt_of(incoming.headers)
+        delivery = Delivery(queue=incoming.queue, body=body, headers=headers, attempt=attempt,
+                            redelivered=incoming.redelivered, message_id=incoming.message_id)
+        try:
+            handler(delivery)
+        except Reject as error:
+            return self._dead_letter(incoming, error.reason)
+        except Retry as error:
+            return self._retry(incoming, attempt, error.reason, error.delay_s)
+        except Exception as error:
+            logger.exception("handler failed on message %s from %s (attempt %d); retrying",
+                             incoming.message_id, incoming.queue, attempt)
+            return self._retry(incoming, attempt, f"{type(error).__name__}: {error}", None)
+        return None
+
+    def _retry(self, incoming: Incoming, attempt: int, reason: str,
+               delay_s: float | None) -> Forward:
+        if attempt >= self.max_attempts:
+            return self._dead_letter(incoming, f"gave up after {attempt} attempts: {reason}")
+
+        step = self._delay_step(attempt, delay_s)
+        headers = {**user_headers(incoming.headers), ATTEMPT_HEADER: attempt + 1}
+        return Forward(queue=delay_queue_name(incoming.queue, step), headers=headers,
+                       reason=reason, dead=False)
+
+    def _delay_step(self, attempt: int, delay_s: float | None) -> float:
+        steps = self.retry_delays_s
+        if delay_s is None:
+            return steps[min(attempt, len(steps)) - 1]
+        for step in steps:
+            if step >= delay_s:
+                return step
+        return steps[-1]
+
+    def _dead_letter(self, incoming: Incoming, reason: str) -> Forward:
+        headers = {
+            **user_headers(incoming.headers),
+            ATTEMPT_HEADER: attempt_of(incoming.headers),
+            DEATH_REASON_HEADER: reason,
+            ORIGINAL_QUEUE_HEADER: incoming.queue,
+        }
+        return Forward(queue=QUEUE_DEAD, headers=headers, reason=reason, dead=True)
+
+    def _log_forward(self, incoming: Incoming, forward: Forward) -> None:
+        if forward.dead:
+            logger.warning("dead-lettered message %s from %s: %s",
+                           incoming.message_id, incoming.queue, forward.reason)
+        else:
+            logger.info("message %s from %s will be retried through %s (attempt %s): %s",
+                        incoming.message_id, incoming.queue, forward.queue,
+                        forward.headers[ATTEMPT_HEADER], forward.reason)
+
+
+def _decode(payload: bytes) -> dict | str:
+    """Return the decoded body, or the reason it cannot be handled."""
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"body is not valid JSON: {error}"
+    if not isinstance(body, dict):
+        return f"body is a JSON {type(body).__name__}, not an object"
+    return body
