@@ -1,8 +1,8 @@
 """`python -m local.smoke`: send one campaign to the demo members and check the outcome.
 
-Runs the embedded default on free ports, signs in and sends through the web API as
-staff would, waits until every text has a final status and every opt-out has its
-TEXTUNSUB activity, then prints one JSON summary as the last line. Exits 1 when a
+Runs the embedded default on free ports, then signs in and sends through the web API as
+staff would. It waits until every text has a final status and every opt-out has its
+TEXTUNSUB activity, and prints one JSON summary as the last line. Exits 1 when a
 member got two texts, a sendable member got none, or an opt-out has no activity.
 """
 

@@ -1,7 +1,7 @@
 """Run the whole product in one process: five services, both simulators, demo data.
 
 This is the embedded default: the in-process broker (or RabbitMQ when `broker_url`
-says amqp://) and the mongomock store, shared by every service in the process.
+starts with amqp://) and the mongomock store, shared by every service in the process.
 """
 
 from __future__ import annotations
@@ -139,4 +139,4 @@ class Stack:
             except requests.RequestException:
                 pass
             time.sleep(0.05)
-        raise RuntimeError("the gateway or feedback service did not answer /healthz within 15 s")
+        raise RuntimeError("the gateway or feedback service did not respond to /healthz within 15 s; see the log above for the error")

@@ -66,8 +66,8 @@ def _patch_mongomock() -> None:
     """Make mongomock keep MongoDB's guarantees and speed where the services rely on them.
 
     mongomock scans every document for every filter, so a lookup by `_id` grows with the
-    collection; the fast path reads the one document instead. Its find-and-modify is a
-    find followed by an update, so two threads can both claim one document; one lock
+    collection, and the fast path reads the one document instead. Its find-and-modify is
+    a find followed by an update, so two threads can both claim one document. One lock
     around writes makes each single-document update atomic, as it is in MongoDB.
     """
     global _patched

@@ -57,7 +57,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz():
-        """Report that the service answers and its store is reachable."""
+        """Return 200 when the store is reachable."""
         runtime.db.command("ping")
         return {"status": "ok"}
 

@@ -67,7 +67,7 @@ def sign_in(tenants: TenantRepository, *, cloud_id: str, username: str, password
         raise SignInFailed("iMIS did not accept this user name and password: check them and try again",
                            {"field": "password"}) from None
     except ImisUnavailable as error:
-        raise UpstreamUnavailable(f"iMIS at {tenant.imis_base_url} did not answer: {error.message}. "
+        raise UpstreamUnavailable(f"iMIS at {tenant.imis_base_url} did not respond: {error.message}. "
                                   "Try again later, or ask your administrator to check the iMIS address") from None
     except ImisError as error:
         raise UpstreamUnavailable(f"iMIS sign-in failed: {error.message}") from None
