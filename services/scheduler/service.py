@@ -7,11 +7,17 @@ from datetime import timedelta
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from libs.common.broker import QUEUE_JOBS, QUEUE_RUNS, PublishError
 from libs.common.logs import log_context
+from services.scheduler.recurrence import Rule, RuleError
 
 logger = logging.getLogger(__name__)
+
+# An occurrence found later than this (the scheduler was down) is recorded as missed
+# rather than sent late, so members do not get a morning text in the evening.
+MISSED_AFTER = timedelta(hours=1)
 
 
 class Scheduler:
@@ -31,6 +37,7 @@ class Scheduler:
 
     def tick(self, limit: int = 100) -> int:
         """Publish up to `limit` due runs and release deferred texts; return runs published."""
+        self._create_recurring_runs()
         published = 0
         while published < limit:
             run = self._claim_due_run()
@@ -40,6 +47,52 @@ class Scheduler:
                 published += 1
         self._release_deferred()
         return published
+
+    def _create_recurring_runs(self) -> None:
+        """Create one run per due occurrence of each recurring campaign.
+
+        The run id is the campaign id and the occurrence time, so creating it again after
+        a crash is a duplicate key, and the campaign's next occurrence moves on only by
+        compare-and-set from the occurrence just handled.
+        """
+        now = self._clock.now()
+        due = self._db.campaigns.find({"schedule_active": True, "next_occurrence": {"$lte": now}})
+        for campaign in due:
+            with log_context(tenant_id=campaign["tenant_id"], campaign_id=campaign["_id"]):
+                self._create_occurrence(campaign, now)
+
+    def _create_occurrence(self, campaign: dict, now) -> None:
+        occurrence = campaign["next_occurrence"]
+        run_id = f"{campaign['_id']}-{occurrence:%Y%m%dT%H%M%SZ}"
+        try:
+            following = Rule.from_dict(campaign["schedule"]).next_after(occurrence)
+        except RuleError as error:
+            logger.error("recurring schedule is invalid and stays stopped: %s", error)
+            self._db.campaigns.update_one({"_id": campaign["_id"]}, {"$set": {"schedule_active": False,
+                                                                             "error": f"invalid schedule: {error}"}})
+            return
+        changes = {"next_occurrence": following}
+        if now - occurrence > MISSED_AFTER:
+            logger.warning("occurrence %s was missed while the scheduler was down; not sending it late", occurrence)
+            self._db.campaigns.update_one({"_id": campaign["_id"]}, {"$push": {"missed_occurrences": occurrence}})
+        else:
+            self._insert_run(campaign, run_id, occurrence)
+            changes["current_run_id"] = run_id
+        if following is None:
+            changes["schedule_active"] = False
+        self._db.campaigns.update_one({"_id": campaign["_id"], "next_occurrence": occurrence}, {"$set": changes})
+
+    def _insert_run(self, campaign: dict, run_id: str, occurrence) -> None:
+        try:
+            self._db.runs.insert_one({
+                "_id": run_id, "tenant_id": campaign["tenant_id"], "campaign_id": campaign["_id"], "status": "due",
+                "due_at": occurrence, "created_at": self._clock.now(), "expanded": False, "recurring": True,
+                "counts": {name: 0 for name in ("recipients", "sent", "delivered", "failed", "opted_out",
+                                                "skipped", "done")},
+            })
+            logger.info("run %s created for the occurrence at %s", run_id, occurrence.isoformat())
+        except DuplicateKeyError:
+            logger.info("run %s already exists", run_id)
 
     def _claim_due_run(self) -> dict | None:
         now = self._clock.now()
