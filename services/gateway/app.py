@@ -13,6 +13,7 @@ from libs.common.logs import log_context
 from libs.common.runtime import Runtime
 from services.gateway.api import api
 from services.gateway.auth import SessionStore
+from services.gateway.dashboard import dashboard
 from services.gateway.errors import ApiError
 from services.gateway.openapi import build_spec
 from services.gateway.service import CampaignService
@@ -42,6 +43,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
         campaigns=CampaignService(runtime.db, broker=runtime.broker, clock=runtime.clock),
     )
     app.register_blueprint(api)
+    app.register_blueprint(dashboard)
     _register_pages(app, runtime)
     _register_errors(app)
     _register_request_ids(app)

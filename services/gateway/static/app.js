@@ -1,120 +1,136 @@
-// The staff web UI: sign in, create a campaign, send it and watch its counts.
-"use strict";
+// The staff web UI's entry point: session, sign-in form, left navigation and page routing.
 
-let csrfToken = null;
+import { callApi, onSignedOut, setCsrfToken } from "./api.js";
+import { renderCampaignDetail } from "./campaign-detail.js";
+import { renderCampaignEditor } from "./campaign-editor.js";
+import { renderCampaignList } from "./campaign-list.js";
+import { renderDashboard } from "./dashboard.js";
+import { clearErrors, showError, showMessage, whileBusy } from "./forms.js";
+import { renderSettings } from "./settings.js";
 
-async function callApi(method, path, body) {
-  const options = { method, headers: {}, credentials: "same-origin" };
-  if (body !== undefined) {
-    options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
-  }
-  if (csrfToken && method !== "GET") options.headers["X-CSRF-Token"] = csrfToken;
-  const response = await fetch(path, options);
-  const data = response.status === 204 ? {} : await response.json();
-  if (!response.ok) {
-    const fields = data.details && data.details.fields ? " " + JSON.stringify(data.details.fields) : "";
-    throw new Error((data.message || response.statusText) + fields);
-  }
-  return data;
+// Hash routes: pattern, page renderer, and which left-navigation entry it belongs to.
+const ROUTES = [
+  [/^#\/home$/, renderDashboard, "home"],
+  [/^#\/campaigns$/, renderCampaignList, "campaigns"],
+  [/^#\/campaigns\/new$/, renderCampaignEditor, "campaigns"],
+  [/^#\/campaigns\/([0-9a-f]{32})$/, renderCampaignDetail, "campaigns"],
+  [/^#\/settings$/, renderSettings, "settings"],
+];
+
+const app = { session: null, page: null };
+
+/**
+ * Create the lifetime of one page view. Timers started through `schedule` stop when
+ * the staff member navigates away, so a page left behind stops polling the API.
+ */
+function createPage() {
+  const timers = new Set();
+  return {
+    active: true,
+    schedule(callback, delayMs) {
+      const timer = setTimeout(() => {
+        timers.delete(timer);
+        if (this.active) callback();
+      }, delayMs);
+      timers.add(timer);
+    },
+    close() {
+      this.active = false;
+      for (const timer of timers) clearTimeout(timer);
+      timers.clear();
+    },
+  };
 }
 
-function showMessage(text) {
-  document.getElementById("message").textContent = text || "";
+function route() {
+  if (!app.session) return;
+  const [path, query = ""] = (window.location.hash || "#/home").split("?");
+  const match = ROUTES.map(([pattern, render, nav]) => [pattern.exec(path), render, nav]).find(([found]) => found);
+  if (!match) {
+    window.location.replace("#/home");
+    return;
+  }
+  const [found, render, nav] = match;
+  for (const link of document.querySelectorAll("[data-nav]")) {
+    if (link.dataset.nav === nav) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+
+  if (app.page) app.page.close();
+  app.page = createPage();
+  const content = document.getElementById("content");
+  content.replaceChildren();
+  render(content, { page: app.page, params: found.slice(1), query: new URLSearchParams(query), session: app.session });
 }
 
 function showSignedIn(session) {
-  csrfToken = session.csrf_token;
-  document.getElementById("who").textContent = `${session.username} (${session.cloud_id})`;
-  document.getElementById("sign-in-section").hidden = true;
-  document.getElementById("campaign-section").hidden = false;
-  document.getElementById("sign-out").hidden = false;
-  refreshCampaigns();
+  app.session = session;
+  setCsrfToken(session.csrf_token);
+  document.getElementById("who").textContent = `${session.username} · Cloud ID ${session.cloud_id}`;
+  document.getElementById("loading").hidden = true;
+  document.getElementById("sign-in-view").hidden = true;
+  document.getElementById("app-view").hidden = false;
+  // replaceState changes the address without a hashchange event, so the page renders once.
+  if (!window.location.hash || window.location.hash === "#/") window.history.replaceState(null, "", "#/home");
+  route();
 }
 
-function cell(text) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  return td;
+function showSignIn(message) {
+  app.session = null;
+  if (app.page) app.page.close();
+  app.page = null;
+  document.getElementById("loading").hidden = true;
+  document.getElementById("app-view").hidden = true;
+  document.getElementById("sign-in-view").hidden = false;
+  const form = document.getElementById("sign-in");
+  form.elements.password.value = "";
+  if (message) showMessage(form, message);
+  else clearErrors(form);
+  (form.elements.username.value ? form.elements.password : form.elements.username).focus();
 }
 
-async function refreshCampaigns() {
-  const data = await callApi("GET", "/api/campaigns");
-  const rows = document.querySelector("#campaigns tbody");
-  rows.replaceChildren();
-  for (const campaign of data.campaigns) {
-    const row = document.createElement("tr");
-    row.dataset.campaignId = campaign.id;
-    const counts = campaign.counts;
-    for (const value of [campaign.name, campaign.status, counts.recipients, counts.sent, counts.delivered,
-                         counts.failed, counts.opted_out, counts.skipped]) {
-      row.appendChild(cell(value));
-    }
-    const actions = document.createElement("td");
-    if (!["sending", "scheduled", "paused"].includes(campaign.status)) {
-      const send = document.createElement("button");
-      send.textContent = "Send now";
-      send.className = "send";
-      send.addEventListener("click", () => sendCampaign(campaign.id));
-      actions.appendChild(send);
-    }
-    row.appendChild(actions);
-    rows.appendChild(row);
+async function onSignInSubmit(event) {
+  event.preventDefault();
+  const form = event.target;
+  const values = Object.fromEntries(["username", "password", "cloud_id"].map((name) => [name, form.elements[name].value]));
+  values.username = values.username.trim();
+  values.cloud_id = values.cloud_id.trim();
+  const missing = Object.entries(values).filter(([, value]) => !value).map(([name]) => name);
+  if (missing.length) {
+    showError(form, { message: "Fill in every field to sign in.",
+                      details: { fields: Object.fromEntries(missing.map((name) => [name, ["Required."]])) } });
+    return;
   }
+  await whileBusy(form, async () => {
+    try {
+      const session = await callApi("POST", "/api/session", values);
+      clearErrors(form);
+      form.elements.password.value = "";
+      showSignedIn(session);
+    } catch (error) {
+      showError(form, error);
+      form.elements.password.select();
+    }
+  });
 }
 
-async function sendCampaign(campaignId) {
+async function onSignOutClick() {
   try {
-    await callApi("POST", `/api/campaigns/${campaignId}/send`);
-    showMessage("");
-    await refreshCampaigns();
-  } catch (error) {
-    showMessage(error.message);
-  }
-}
-
-async function measureBody(body) {
-  if (!csrfToken) return;
-  const result = await callApi("POST", "/api/texts/measure", { body });
-  const warning = result.too_long ? " (too long: 1,600 characters at most)" : "";
-  document.getElementById("measure").textContent =
-    `${result.encoding}, ${result.segments} segment(s), ${result.units} units${warning}`;
-}
-
-function formData(form) {
-  return Object.fromEntries(new FormData(form).entries());
-}
-
-document.addEventListener("DOMContentLoaded", () => {
-  document.getElementById("sign-in").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    try {
-      showSignedIn(await callApi("POST", "/api/session", formData(event.target)));
-      showMessage("");
-    } catch (error) {
-      showMessage(error.message);
-    }
-  });
-  document.getElementById("new-campaign").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const fields = formData(event.target);
-    if (!fields.email) delete fields.email;
-    try {
-      await callApi("POST", "/api/campaigns", fields);
-      event.target.reset();
-      showMessage("");
-      await refreshCampaigns();
-    } catch (error) {
-      showMessage(error.message);
-    }
-  });
-  document.querySelector("#new-campaign textarea").addEventListener("input", (event) => {
-    measureBody(event.target.value).catch((error) => showMessage(error.message));
-  });
-  document.getElementById("sign-out").addEventListener("click", async () => {
     await callApi("DELETE", "/api/session");
-    window.location.reload();
+  } catch (error) {
+    // A session that already ended is signed out all the same.
+  }
+  showSignIn();
+}
+
+function start() {
+  document.getElementById("sign-in").addEventListener("submit", onSignInSubmit);
+  document.getElementById("sign-out").addEventListener("click", onSignOutClick);
+  window.addEventListener("hashchange", route);
+  onSignedOut(() => {
+    if (app.session) showSignIn("Your session has ended: sign in again.");
   });
-  callApi("GET", "/api/session").then(showSignedIn).catch(() => {});
-  setInterval(() => { if (csrfToken) refreshCampaigns().catch(() => {}); }, 2000);
-});
+  callApi("GET", "/api/session").then(showSignedIn).catch(() => showSignIn());
+}
+
+start();

@@ -1,0 +1,406 @@
+"""The staff web UI in a real browser: Debian's Chromium, headless, driven by Selenium.
+
+The tests fail, never skip, when Chromium or its driver is missing: `.ci/run` installs
+them with apt-get (`chromium`, `chromium-driver`), and `pip install -e '.[test]'`
+installs Selenium.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import requests
+
+from libs.common.clock import FakeClock
+from local import demo_data
+from local.stack import DEMO_CLOUD_ID, Stack
+
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:  # reported by the `browser` fixture as a failure with the fix
+    webdriver = None
+
+CHROMIUM = os.environ.get("TM_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("TM_CHROMEDRIVER", "/usr/bin/chromedriver")
+INSTALL_HINT = ("install Chromium and its driver with `apt-get install -y chromium chromium-driver` (Debian; "
+                ".ci/run does this) and Selenium with `.venv/bin/pip install -e '.[test]'`, or point TM_CHROMIUM "
+                "and TM_CHROMEDRIVER at other binaries")
+# Without these flags Chromium tries to reach Google's services and stalls on a closed network.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1360,1000")
+# Noon in New York, so every text of a run falls on one local day.
+START = datetime(2027, 3, 15, 16, 0, tzinfo=timezone.utc)
+WAIT_S = 60.0
+# Twilio error 30006 (landline or unreachable carrier) ends a text at once. The demo's
+# 30003 (unreachable handset) earns new attempts minutes apart on the broker's real-time
+# delay queues, longer than these tests wait.
+FINAL_DELIVERY_ERROR = 30006
+
+
+@pytest.fixture(scope="module")
+def stack():
+    running = Stack(port=0, sender_rate_sps=100, callback_delay_s=0.01, clock=FakeClock(start=START.timestamp()))
+    running.start()
+    running.twilio.set_undelivered(dict.fromkeys(demo_data.DEMO_UNDELIVERED, FINAL_DELIVERY_ERROR))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    """A headless Chromium with a fresh profile; fails the tests when it cannot start."""
+    if webdriver is None:
+        pytest.fail(f"Selenium is not installed: {INSTALL_HINT}")
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: {INSTALL_HINT}")
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + (f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    except WebDriverException as error:
+        pytest.fail(f"Chromium did not start: {error.msg}. Check the installation: {INSTALL_HINT}")
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def browser(chromium, stack):
+    """The shared Chromium, signed out, on a blank page, with an empty console log."""
+    chromium.get("about:blank")
+    chromium.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    chromium.get_log("browser")
+    return chromium
+
+
+def wait_for(driver, condition, description: str, timeout_s: float = WAIT_S):
+    """Wait until `condition(driver)` is truthy and return it; fail naming what never happened."""
+    try:
+        return WebDriverWait(driver, timeout_s, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+    except TimeoutException:
+        screenshot = Path(tempfile.mkdtemp(prefix="text-manager-ui-")) / "page.png"
+        driver.save_screenshot(str(screenshot))
+        alerts = [node.text for node in driver.find_elements(By.CSS_SELECTOR, "[role=alert]") if node.text]
+        raise AssertionError(f"timed out after {timeout_s} s waiting until {description}; "
+                             f"alerts on the page: {alerts}; screenshot: {screenshot}") from None
+
+
+def text_of(driver, selector: str) -> str:
+    """Return the text of the first visible element matching `selector`, or "".
+
+    Pages that refresh every 2 s replace their elements, so a node found a moment ago
+    may be gone: it is looked up again.
+    """
+    for _ in range(10):
+        try:
+            nodes = driver.find_elements(By.CSS_SELECTOR, selector)
+            return nodes[0].text if nodes and nodes[0].is_displayed() else ""
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{selector} kept being replaced while it was read")
+
+
+def texts_of(driver, selector: str, attribute: str | None = None) -> list[str]:
+    """Return the text (or an attribute) of every element matching `selector`, looked up again if replaced."""
+    for _ in range(10):
+        try:
+            nodes = driver.find_elements(By.CSS_SELECTOR, selector)
+            return [node.get_attribute(attribute) if attribute else node.text for node in nodes]
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{selector} kept being replaced while it was read")
+
+
+def sign_in(driver, stack: Stack, password: str = demo_data.DEMO_STAFF_USER[1]) -> None:
+    driver.get(stack.gateway_url + "/")
+    wait_for(driver, lambda d: d.find_element(By.ID, "sign-in-view").is_displayed(), "the sign-in form shows")
+    form = driver.find_element(By.ID, "sign-in")
+    form.find_element(By.NAME, "username").send_keys(demo_data.DEMO_STAFF_USER[0])
+    form.find_element(By.NAME, "password").send_keys(password)
+    form.find_element(By.NAME, "cloud_id").send_keys(DEMO_CLOUD_ID)
+    driver.find_element(By.ID, "log-in").click()
+
+
+def signed_in(driver, stack: Stack) -> None:
+    sign_in(driver, stack)
+    wait_for(driver, lambda d: d.find_element(By.ID, "app-view").is_displayed(), "the app shows after sign-in")
+
+
+def script_errors(driver) -> list[str]:
+    """Return the browser console's JavaScript and Content-Security-Policy errors."""
+    entries = driver.get_log("browser")
+    return [entry["message"] for entry in entries
+            if entry["level"] == "SEVERE" and entry["source"] != "network"
+            or "Content Security Policy" in entry["message"]]
+
+
+def create_campaign(driver, name: str, body: str) -> str:
+    """Fill in and save the campaign editor; return the new campaign's id from the address."""
+    driver.find_element(By.CSS_SELECTOR, "[data-nav=campaigns]").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "new-campaign"), "the campaign list shows").click()
+    form = wait_for(driver, lambda d: d.find_element(By.ID, "campaign-form"), "the campaign editor shows")
+    form.find_element(By.NAME, "name").send_keys(name)
+    form.find_element(By.NAME, "body").send_keys(body)
+    form.find_element(By.NAME, "iqa_path").send_keys(demo_data.DEMO_QUERY_PATH)
+    driver.find_element(By.ID, "save-campaign").click()
+    wait_for(driver, lambda d: d.find_elements(By.ID, "send-panel"), "the saved campaign's page shows")
+    return driver.current_url.rsplit("/", 1)[-1]
+
+
+# ------------------------------------------------------------------ sign-in
+
+
+def test_wrong_password(stack, browser):
+    sign_in(browser, stack, password="not-the-password")
+
+    error = wait_for(browser, lambda d: text_of(d, "#sign-in .form-error"), "the sign-in error shows")
+
+    assert "iMIS did not accept this user name and password" in error
+    assert browser.find_element(By.NAME, "password").get_attribute("aria-invalid") == "true"
+    assert not browser.find_element(By.ID, "app-view").is_displayed()
+
+
+def test_sign_in_form(stack, browser):
+    browser.get(stack.gateway_url + "/")
+    wait_for(browser, lambda d: d.find_element(By.ID, "sign-in-view").is_displayed(), "the sign-in form shows")
+    labels = [label.text for label in browser.find_elements(By.CSS_SELECTOR, "#sign-in label")]
+    button = browser.find_element(By.ID, "log-in")
+
+    assert labels == ["iMIS username", "iMIS password", "Cloud ID"]
+    assert button.text == "Log In"
+    assert button.value_of_css_property("background-color") == "rgba(29, 111, 216, 1)"
+
+
+def test_navigation(stack, browser):
+    signed_in(browser, stack)
+
+    entries = [link.text for link in browser.find_elements(By.CSS_SELECTOR, ".side-nav a")]
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=settings]").click()
+    current = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".side-nav [aria-current=page]").text == "Settings"
+                       and d.find_element(By.CSS_SELECTOR, ".side-nav [aria-current=page]"), "Settings is current")
+
+    assert entries == ["Home", "Campaigns", "Settings"]
+    assert current.text == "Settings"
+
+
+def test_sign_out(stack, browser):
+    signed_in(browser, stack)
+
+    browser.find_element(By.ID, "sign-out").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "sign-in-view").is_displayed(), "the sign-in form shows again")
+    browser.refresh()
+
+    wait_for(browser, lambda d: d.find_element(By.ID, "sign-in-view").is_displayed(), "the sign-in form shows after reload")
+    assert not browser.find_element(By.ID, "app-view").is_displayed()
+
+
+# ------------------------------------------------------------------ a campaign from start to end
+
+
+@pytest.mark.slow
+def test_campaign_end_to_end(stack, browser):
+    signed_in(browser, stack)
+    campaign_id = create_campaign(browser, "Spring meeting", "Hello {FirstName|member}, see you at the spring meeting.")
+
+    browser.find_element(By.ID, "send-now").click()
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=campaigns]").click()
+    row = f"tr[data-campaign-id='{campaign_id}']"
+    wait_for(browser, lambda d: text_of(d, f"{row} [data-col=status]") == "completed", "the list shows completed")
+    recipients = text_of(browser, f"{row} [data-col=recipients]")
+
+    browser.find_element(By.CSS_SELECTOR, f"{row} a").click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#skipped-rows tbody tr"))
+             == demo_data.DEMO_SKIPPED_COUNT + demo_data.DEMO_DUPLICATE_COUNT, "every skipped row shows")
+    reasons = set(texts_of(browser, "#skipped-rows td.reason"))
+    counts = dict(zip(texts_of(browser, "[data-count]", "data-count"), texts_of(browser, "[data-count]")))
+
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=home]").click()
+    wait_for(browser, lambda d: text_of(d, "[data-stage=completed]") not in ("", "–"), "the dashboard shows")
+    accepted = sum(1 for message in stack.twilio.messages() if message["sid"])
+    run_counts = stack.runtime.db.runs.find_one({"campaign_id": campaign_id})["counts"]
+
+    assert recipients == "237"
+    assert demo_data.DEMO_RECIPIENT_COUNT == 237
+    assert reasons == {"duplicate number", "invalid number", "no number"}
+    assert counts == {name: f"{run_counts[name]:,}" for name in counts}
+    assert counts["recipients"] == "237"
+    assert text_of(browser, "[data-figure=texts_sent_today]") == str(accepted)
+    assert text_of(browser, "[data-figure=texts_sent_this_month]") == str(accepted)
+    assert text_of(browser, "[data-figure=daily_limit]") == f"{accepted} / 3,000"
+    assert text_of(browser, "[data-figure=performance_level]") == "Flex-Pay per text usage"
+    assert text_of(browser, "[data-stage=completed]") == "1"
+    assert script_errors(browser) == []
+
+
+def test_schedule_campaign(stack, browser):
+    signed_in(browser, stack)
+    campaign_id = create_campaign(browser, "Scheduled reminder", "A reminder for {FirstName|member}.")
+
+    # Typing into a datetime-local input depends on the browser's locale, so the test sets the value.
+    browser.execute_script("document.getElementById('send-at').value = '2099-06-01T09:30';")
+    browser.find_element(By.ID, "schedule").click()
+    wait_for(browser, lambda d: text_of(d, ".title-badges .badge") == "scheduled", "the campaign shows scheduled")
+    run_id = text_of(browser, "#run-details code")
+
+    run = stack.runtime.db.runs.find_one({"_id": run_id})
+    local_due = browser.execute_script("return new Date(2099, 5, 1, 9, 30).toISOString();")
+    assert run["campaign_id"] == campaign_id
+    assert run["due_at"] == datetime.fromisoformat(local_due.replace("Z", "+00:00"))
+    assert texts_of(browser, "#cancel:enabled") == ["Cancel"]
+    assert texts_of(browser, "#pause:disabled") == ["Pause"]
+
+
+def test_preview(stack, browser):
+    signed_in(browser, stack)
+    create_campaign(browser, "Previewed", "Hello {FirstName|member}, this is a preview.")
+
+    browser.find_element(By.ID, "preview").click()
+    wait_for(browser, lambda d: text_of(d, "[data-preview=recipients]") or text_of(d, "#preview-panel .page-error"),
+             "the preview or its error shows")
+    recipients = text_of(browser, "[data-preview=recipients]")
+    samples = texts_of(browser, "#preview-samples tbody tr")
+
+    assert text_of(browser, "#preview-panel .page-error") == ""
+    assert recipients.endswith(f" of {demo_data.DEMO_MEMBER_COUNT} IQA rows")
+    assert samples
+    assert all("this is a preview." in sample for sample in samples)
+    assert not any("{FirstName" in sample for sample in samples)
+
+
+# ------------------------------------------------------------------ editor
+
+
+def test_editor_counter(stack, browser):
+    signed_in(browser, stack)
+    browser.get(stack.gateway_url + "/#/campaigns/new")
+    body = wait_for(browser, lambda d: d.find_element(By.NAME, "body"), "the editor shows")
+
+    body.send_keys("x" * 161)
+    wait_for(browser, lambda d: "161 characters" in text_of(d, "#body-counter"), "the GSM-7 count shows")
+    gsm = text_of(browser, "#body-counter")
+    body.send_keys("\u00e7")
+    wait_for(browser, lambda d: "UCS-2" in text_of(d, "#body-counter"), "the UCS-2 count shows")
+    ucs2 = text_of(browser, "#body-counter")
+
+    assert gsm.startswith("161 characters · 2 segments · GSM-7")
+    assert ucs2.startswith("162 characters · 3 segments · UCS-2")
+
+
+def test_editor_field_errors(stack, browser):
+    signed_in(browser, stack)
+    browser.get(stack.gateway_url + "/#/campaigns/new")
+    wait_for(browser, lambda d: d.find_element(By.ID, "campaign-form"), "the editor shows")
+    browser.find_element(By.NAME, "name").send_keys("No recipients")
+    browser.find_element(By.NAME, "body").send_keys("Hello.")
+    browser.find_element(By.NAME, "iqa_path").send_keys("TextManager/Members")
+
+    browser.find_element(By.ID, "save-campaign").click()
+    summary = wait_for(browser, lambda d: text_of(d, "#campaign-form .form-error"), "the error summary shows")
+    field_error = text_of(browser, "[data-field=iqa_path] .field-error")
+
+    assert "Some fields are invalid" in summary
+    assert "Must be an IQA path starting with $/" in field_error
+    assert browser.find_element(By.NAME, "iqa_path").get_attribute("aria-invalid") == "true"
+    assert browser.find_elements(By.CSS_SELECTOR, "[data-field=name] .field-error") == []
+
+
+def test_names_shown_as_text(stack, browser):
+    """A campaign name full of markup shows as typed and adds no element to the page."""
+    name = '<img src=x id=injected onerror="document.title=1">'
+    signed_in(browser, stack)
+    create_campaign(browser, name, "Hello.")
+
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=campaigns]").click()
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#campaigns tbody a"), "the list shows")
+    names = texts_of(browser, "#campaigns tbody a")
+
+    assert name in names
+    assert browser.find_elements(By.ID, "injected") == []
+    assert browser.title == "Text Manager"
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_settings_secrets_write_only(stack, browser):
+    signed_in(browser, stack)
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=settings]").click()
+    wait_for(browser, lambda d: text_of(d, "[data-secret=imis_password]") in ("set", "not set"), "the settings show")
+
+    secrets = {name: browser.find_element(By.NAME, name) for name in ("imis_password", "twilio_auth_token")}
+
+    for name, field in secrets.items():
+        assert field.get_attribute("type") == "password", name
+        assert field.get_attribute("value") == "", name
+        assert text_of(browser, f"[data-secret={name}]") == "set", name
+    assert browser.find_element(By.NAME, "timezone").get_attribute("value") == "America/New_York"
+
+
+def test_settings_save(stack, browser):
+    signed_in(browser, stack)
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=settings]").click()
+    daily_limit = wait_for(browser, lambda d: d.find_element(By.NAME, "daily_limit").get_attribute("value")
+                           and d.find_element(By.NAME, "daily_limit"), "the settings show")
+    try:
+        daily_limit.clear()
+        daily_limit.send_keys("2500")
+        browser.find_element(By.ID, "save-settings").click()
+        wait_for(browser, lambda d: text_of(d, "#settings-status") == "Settings saved.", "the settings are saved")
+
+        tenant = stack.runtime.tenants.get(DEMO_CLOUD_ID)
+        assert tenant.daily_limit == 2500
+        assert tenant.imis_password == "svc-secret"
+    finally:
+        stack.runtime.tenants.update(DEMO_CLOUD_ID, {"daily_limit": 3000})
+
+
+def test_settings_invalid(stack, browser):
+    signed_in(browser, stack)
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=settings]").click()
+    timezone_field = wait_for(browser, lambda d: d.find_element(By.NAME, "timezone").get_attribute("value")
+                              and d.find_element(By.NAME, "timezone"), "the settings show")
+
+    timezone_field.clear()
+    timezone_field.send_keys("Mars/Olympus")
+    browser.find_element(By.ID, "save-settings").click()
+    field_error = wait_for(browser, lambda d: text_of(d, "[data-field=timezone] .field-error"), "the field error shows")
+
+    assert "IANA time zone" in field_error
+    assert stack.runtime.tenants.get(DEMO_CLOUD_ID).timezone == "America/New_York"
+
+
+def test_number_checker(stack, browser):
+    signed_in(browser, stack)
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=settings]").click()
+    number = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#number-check [name=number]"),
+                      "the number checker shows")
+
+    number.send_keys("(202) 555-0100")
+    browser.find_element(By.CSS_SELECTOR, "#number-check button[type=submit]").click()
+    result = wait_for(browser, lambda d: text_of(d, "#number-result"), "the check result shows")
+
+    assert result == "sendable +12025550100"
+
+
+def test_page_served_with_csp(stack):
+    response = requests.get(stack.gateway_url + "/")
+
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert "<script>" not in response.text
+    assert " style=" not in response.text
