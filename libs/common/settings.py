@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Mapping
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Numeric settings that must be above zero: a zero or negative count, period or timeout
+# would stop a service from working (no sender threads, a scheduler spinning without a
+# pause, sessions that expire at once) instead of failing at start.
+POSITIVE_SETTINGS = (
+    "session_hours", "scheduler_poll_s", "sender_workers", "sender_claim_lease_s", "twilio_timeout_s",
+    "imis_timeout_s",
+)
 
 
 class SettingsError(ValueError):
@@ -74,6 +84,14 @@ class Settings:
             )
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"TM_LOG_FORMAT must be text or json, got {self.log_format!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"TM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        for name in POSITIVE_SETTINGS:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise SettingsError(f"TM_{name.upper()} must be a number above 0, got {value!r}")
+        if not 1 <= self.sender_health_port <= 65535:
+            raise SettingsError(f"TM_SENDER_HEALTH_PORT must be a TCP port from 1 to 65535, got {self.sender_health_port!r}")
 
 
 def _convert(name: str, raw: str, kind: object) -> object:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import threading
@@ -54,6 +55,8 @@ def create_indexes(db: Database) -> None:
 _patch_lock = threading.Lock()
 _patched = False
 _write_lock = threading.RLock()
+# How many serialised writes the current thread is inside (the lock is re-entrant).
+_write_depth = threading.local()
 
 _WRITE_METHODS = (
     "insert_one", "insert_many", "update_one", "update_many", "replace_one",
@@ -69,6 +72,11 @@ def _patch_mongomock() -> None:
     collection, and the fast path reads the one document instead. Its find-and-modify is
     a find followed by an update, so two threads can both claim one document. One lock
     around writes makes each single-document update atomic, as it is in MongoDB.
+
+    mongomock also updates stored documents in place while readers in other threads
+    copy them, which raises "dictionary changed size during iteration". So reads pick
+    their documents under the lock, and a write first replaces each document it touches
+    with a copy: a document a reader holds never changes again.
     """
     global _patched
     with _patch_lock:
@@ -79,7 +87,7 @@ def _patch_mongomock() -> None:
 
         original_iter = mongomock_collection.Collection._iter_documents
 
-        def iter_documents(self, filter):
+        def matching(self, filter):
             doc_id = filter.get("_id") if isinstance(filter, dict) else None
             if isinstance(doc_id, (str, int)) and not isinstance(doc_id, bool):
                 try:
@@ -89,16 +97,34 @@ def _patch_mongomock() -> None:
                 return iter([document] if filter_applies(filter, document) else [])
             return original_iter(self, filter)
 
+        def iter_documents(self, filter):
+            if getattr(_write_depth, "value", 0):
+                return _copies_for_write(self, matching(self, filter))
+            with _write_lock:
+                return iter(list(matching(self, filter)))
+
         mongomock_collection.Collection._iter_documents = iter_documents
         for name in _WRITE_METHODS:
             setattr(mongomock_collection.Collection, name, _serialised(getattr(mongomock_collection.Collection, name)))
         _patched = True
 
 
+def _copies_for_write(collection, documents):
+    """Yield a stored copy of each document, for the write in progress to change in place."""
+    for document in documents:
+        fresh = copy.deepcopy(document)
+        collection._store[document["_id"]] = fresh
+        yield fresh
+
+
 def _serialised(method):
     @functools.wraps(method)
     def locked(*args, **kwargs):
         with _write_lock:
-            return method(*args, **kwargs)
+            _write_depth.value = getattr(_write_depth, "value", 0) + 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                _write_depth.value -= 1
 
     return locked

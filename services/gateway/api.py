@@ -95,14 +95,25 @@ def send_campaign(campaign_id: str):
     return schemas.CampaignOut().dump(campaign), 202
 
 
-@api.post("/campaigns/<campaign_id>/<action>")
+@api.post("/campaigns/<campaign_id>/pause")
 @requires_session
-def steer_campaign(campaign_id: str, action: str):
-    """Pause, resume or cancel the campaign's current run."""
-    operations = {"pause": _ctx().campaigns.pause, "resume": _ctx().campaigns.resume, "cancel": _ctx().campaigns.cancel}
-    if action not in operations:
-        raise InvalidInput(f"unknown action {action!r}: use pause, resume or cancel")
-    return schemas.CampaignOut().dump(operations[action](g.tenant_id, campaign_id))
+def pause_campaign(campaign_id: str):
+    """Pause the campaign's current run between texts."""
+    return schemas.CampaignOut().dump(_ctx().campaigns.pause(g.tenant_id, campaign_id))
+
+
+@api.post("/campaigns/<campaign_id>/resume")
+@requires_session
+def resume_campaign(campaign_id: str):
+    """Resume the campaign's current run where sending stopped."""
+    return schemas.CampaignOut().dump(_ctx().campaigns.resume(g.tenant_id, campaign_id))
+
+
+@api.post("/campaigns/<campaign_id>/cancel")
+@requires_session
+def cancel_campaign(campaign_id: str):
+    """Cancel the campaign's current run for good."""
+    return schemas.CampaignOut().dump(_ctx().campaigns.cancel(g.tenant_id, campaign_id))
 
 
 @api.get("/runs/<run_id>")

@@ -19,6 +19,12 @@ COOKIE_NAME = "tm_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
+# Sign-in is interactive, and gunicorn kills a request after 30 s: at most two
+# attempts of at most 10 s each, where the iMIS client's defaults would keep staff
+# waiting through five attempts and 7.5 s of backoff.
+SIGN_IN_MAX_RETRIES = 1
+SIGN_IN_TIMEOUT_S = 10.0
+
 
 class SessionStore:
     """Server-side sessions; the store keeps only an HMAC of each cookie value."""
@@ -61,7 +67,8 @@ def sign_in(tenants: TenantRepository, *, cloud_id: str, username: str, password
         raise SignInFailed(f"no organisation uses the Cloud ID {cloud_id!r}: check the Cloud ID you received",
                            {"field": "cloud_id"}) from None
     try:
-        with ImisClient(tenant.imis_base_url, timeout_s=timeout_s) as client:
+        with ImisClient(tenant.imis_base_url, timeout_s=min(timeout_s, SIGN_IN_TIMEOUT_S),
+                        max_retries=SIGN_IN_MAX_RETRIES) as client:
             client.get_token(username, password)
     except ImisAuthError:
         raise SignInFailed("iMIS did not accept this user name and password: check them and try again",

@@ -26,7 +26,11 @@ OPERATIONS = [
     ("put", "/api/settings", "Change settings", "SettingsIn", 200, "SettingsOut"),
     ("post", "/api/texts/measure", "Encoding and segments of a text", "MeasureIn", 200, "MeasureOut"),
     ("post", "/api/phone-numbers/check", "Normalise and check a number", "PhoneCheckIn", 200, "PhoneCheckOut"),
+    ("get", "/api/openapi.json", "This OpenAPI description", None, 200, None),
 ]
+
+# Operations that need no session: signing in, and reading this description.
+PUBLIC_OPERATIONS = {("post", "/api/session"), ("get", "/api/openapi.json")}
 
 SCHEMA_NAMES = sorted({name for op in OPERATIONS for name in (op[3], op[5]) if name})
 
@@ -42,7 +46,10 @@ def build_spec() -> dict:
         spec.components.schema(name, schema=getattr(schemas, name))
     paths: dict[str, dict] = {}
     for method, path, summary, request_schema, status, response_schema in OPERATIONS:
-        paths.setdefault(path, {})[method] = _operation(path, summary, request_schema, status, response_schema)
+        operation = _operation(path, summary, request_schema, status, response_schema)
+        if (method, path) not in PUBLIC_OPERATIONS:
+            operation["security"] = [{"session": []}]
+        paths.setdefault(path, {})[method] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     return spec.to_dict()
@@ -59,8 +66,6 @@ def _operation(path: str, summary: str, request_schema: str | None, status: int,
         operation["responses"][str(status)]["content"] = {"application/json": {"schema": response_schema}}
     if request_schema:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": request_schema}}}
-    if path != "/api/session":
-        operation["security"] = [{"session": []}]
     parameters = [part.strip("{}") for part in path.split("/") if part.startswith("{")]
     if parameters:
         operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
