@@ -14,7 +14,8 @@ import pika.exceptions
 import pytest
 
 from libs.common.broker import (
-    Broker, Delivery, MemoryBroker, MemoryServer, RabbitMQBroker, declared_queues, delay_queue_name,
+    QUEUE_JOBS, Broker, Delivery, MemoryBroker, MemoryServer, RabbitMQBroker, declared_queues,
+    delay_queue_name, partition_queue,
 )
 from libs.common.broker.memory import StoredMessage
 from libs.common.broker.rabbitmq import build_topology
@@ -111,6 +112,10 @@ class MemoryHarness:
         self.server = MemoryServer(self.clock)
         self._brokers: list[MemoryBroker] = []
 
+    def partition(self, key: str) -> str:
+        """Return the name of the `tm.jobs` partition for key."""
+        return partition_queue(QUEUE_JOBS, key)
+
     def make(self, **overrides) -> MemoryBroker:
         broker = MemoryBroker(server=self.server, **{"retry_delays_s": DELAYS, **overrides})
         self._brokers.append(broker)
@@ -143,7 +148,14 @@ class RabbitHarness:
         self.prefix = f"test-{self.token}."
         self.connection_names: list[str] = []
         self._brokers: list[RabbitMQBroker] = []
+        self._partitions: list[str] = []
         connect_or_fail(url).close()
+
+    def partition(self, key: str) -> str:
+        """Return the name of the `tm.jobs` partition for key; close() deletes its queues."""
+        name = partition_queue(QUEUE_JOBS, key)
+        self._partitions.append(name)
+        return name
 
     def make(self, **overrides) -> RabbitMQBroker:
         """Return a broker whose connections are named after self.connection_names[-1]."""
@@ -206,7 +218,7 @@ class RabbitHarness:
             broker.close()
         with connect_or_fail(self.url) as connection:
             channel = connection.channel()
-            for name in declared_queues(DELAYS):
+            for name in declared_queues(DELAYS, self._partitions):
                 channel.queue_delete(self.prefix + name)
             channel.exchange_delete(self.prefix + "tm")
 

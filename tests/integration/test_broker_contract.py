@@ -9,7 +9,7 @@ import pytest
 
 from libs.common.broker import (
     ATTEMPT_HEADER, DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER, QUEUE_DEAD, QUEUE_JOBS,
-    QUEUE_RUNS, BrokerClosed, PublishError, Reject, Retry,
+    QUEUE_RUNS, BrokerClosed, PublishError, Reject, Retry, delay_queue_name,
 )
 from tests.broker_support import (
     AMQP_URL, DELAYS, WAIT_S, ConsumerThread, MemoryHarness, RabbitHarness, Recorder, wait_until,
@@ -368,3 +368,120 @@ def test_consume_rejects_bad_arguments(harness, queue, prefetch, message):
 
     with pytest.raises(ValueError, match=message):
         broker.consume(queue, Recorder(), prefetch=prefetch, stop=threading.Event())
+
+
+# Partitions: a work queue per key, declared on first use
+
+def test_partition_round_trip(harness):
+    broker = harness.make()
+    acme = harness.partition("ACME")
+    broker.publish(acme, {"n": 1}, message_id="m1")
+
+    recorder = Recorder()
+    with ConsumerThread(broker, acme, recorder):
+        delivery = recorder.wait_for(1)[0]
+
+    assert delivery.queue == acme
+    assert delivery.body == {"n": 1}
+    assert delivery.message_id == "m1"
+    assert broker.queue_depth(acme) == 0
+
+
+def test_partitions_are_separate_queues(harness):
+    broker = harness.make()
+    acme, beta = harness.partition("ACME"), harness.partition("BETA")
+    broker.publish_many(acme, [{"n": 1}, {"n": 2}])
+    broker.publish(beta, {"n": 3})
+
+    assert broker.queue_depth(acme) == 2
+    assert broker.queue_depth(beta) == 1
+    assert broker.queue_depth(QUEUE_JOBS) == 0
+
+
+def test_partition_retry_comes_back(harness):
+    broker = harness.make()
+    acme = harness.partition("ACME")
+    broker.publish(acme, {"n": 1}, message_id="m1")
+
+    def retry_first(delivery):
+        if delivery.attempt == 1:
+            raise Retry("Twilio is busy", delay_s=0.1)
+
+    recorder = Recorder(retry_first)
+    with ConsumerThread(broker, acme, recorder):
+        harness.let_delay_pass(acme, DELAYS[0])
+        first, second = recorder.wait_for(2)
+
+    assert second.queue == acme
+    assert second.attempt == 2
+    assert broker.queue_depth(acme) == 0
+
+
+def test_partition_dead_letters_with_origin(harness):
+    broker = harness.make()
+    acme = harness.partition("ACME")
+    broker.publish(acme, {"n": 1}, message_id="m1")
+
+    def reject(_delivery):
+        raise Reject("invalid job")
+
+    with ConsumerThread(broker, acme, Recorder(reject)):
+        dead = harness.take(QUEUE_DEAD)
+
+    assert dead.headers[ORIGINAL_QUEUE_HEADER] == acme
+    assert dead.message_id == "m1"
+
+
+def test_publish_delayed_arrives_later(harness):
+    broker = harness.make()
+    acme = harness.partition("ACME")
+
+    broker.publish_delayed(acme, {"n": 1}, delay_s=0.3, message_id="m1")
+    waiting = broker.queue_depth(delay_queue_name(acme, DELAYS[1]))
+
+    recorder = Recorder()
+    with ConsumerThread(broker, acme, recorder):
+        harness.let_delay_pass(acme, DELAYS[1])
+        delivery = recorder.wait_for(1)[0]
+
+    assert waiting == 1
+    assert delivery.attempt == 1
+    assert delivery.message_id == "m1"
+
+
+def test_consumers_counts_connected(harness):
+    broker = harness.make()
+    acme = harness.partition("ACME")
+
+    before = broker.consumers(acme)
+    consumer = ConsumerThread(broker, acme, Recorder())
+    with consumer:
+        wait_until(lambda: broker.consumers(acme) == 1, "the consumer is connected")
+        on_other_queue = broker.consumers(QUEUE_JOBS)
+    after = broker.consumers(acme)
+
+    assert before == 0
+    assert on_other_queue == 0
+    assert after == 0
+
+
+def test_abandoned_partition_redelivers(harness):
+    crashing = harness.make()
+    survivor = harness.make()
+    acme = harness.partition("ACME")
+    crashing.publish(acme, {"n": 1}, message_id="m1")
+
+    gate = threading.Event()
+    first = Recorder(_block_until(gate))
+    second = Recorder()
+    crashed = ConsumerThread(crashing, acme, first)
+    with crashed:
+        first.wait_for(1)
+        crashing.abandon()
+        with ConsumerThread(survivor, acme, second):
+            redelivered = second.wait_for(1)[0]
+            gate.set()
+            crashed.join()
+
+    assert redelivered.message_id == "m1"
+    assert redelivered.redelivered is True

@@ -8,7 +8,7 @@ import pytest
 
 from libs.common.broker import (
     QUEUE_DEAD, QUEUE_JOBS, QUEUE_RUNS, RETRY_DELAYS_S, BrokerClosed, MemoryBroker, MemoryServer,
-    RabbitMQBroker, Retry, create_broker, declared_queues, delay_queue_name,
+    RabbitMQBroker, Retry, create_broker, declared_queues, delay_queue_name, partition_of, partition_queue,
 )
 from libs.common.clock import FakeClock
 from tests.broker_support import ConsumerThread, Recorder, wait_until
@@ -221,3 +221,45 @@ def test_purge_delay_queue(server):
     broker.purge(delay_queue_name(QUEUE_JOBS, 30))
 
     assert broker.queue_depth(delay_queue_name(QUEUE_JOBS, 30)) == 0
+
+
+def test_declared_queues_with_partition():
+    assert declared_queues((1,), ["tm.jobs.ACME"]) == (
+        "tm.runs", "tm.jobs", "tm.imis", "tm.runs.retry.1", "tm.jobs.retry.1", "tm.imis.retry.1",
+        QUEUE_DEAD, "tm.jobs.ACME", "tm.jobs.ACME.retry.1",
+    )
+
+
+def test_partition_queue_name():
+    assert partition_queue(QUEUE_JOBS, "ACME-2_b") == "tm.jobs.ACME-2_b"
+
+
+@pytest.mark.parametrize("queue, key", [
+    (QUEUE_DEAD, "ACME"),
+    (QUEUE_JOBS, ""),
+    (QUEUE_JOBS, "a.b"),
+    (QUEUE_JOBS, "x" * 65),
+    (QUEUE_JOBS, "white space"),
+])
+def test_partition_queue_invalid(queue, key):
+    with pytest.raises(ValueError):
+        partition_queue(queue, key)
+
+
+@pytest.mark.parametrize("name, partition", [
+    ("tm.jobs.ACME", "tm.jobs.ACME"),
+    ("tm.jobs.ACME.retry.5", "tm.jobs.ACME"),
+    ("tm.jobs.retry.5", None),
+    ("tm.jobs", None),
+    ("tm.dead", None),
+    ("tm.dead.ACME", None),
+])
+def test_partition_of(name, partition):
+    assert partition_of(name) == partition
+
+
+def test_consume_rejects_partition_delay_queue(server):
+    broker = MemoryBroker(server=server)
+
+    with pytest.raises(ValueError, match="work queues"):
+        broker.consume("tm.jobs.ACME.retry.1", Recorder(), prefetch=1, stop=threading.Event())

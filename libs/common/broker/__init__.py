@@ -5,7 +5,8 @@ from __future__ import annotations
 from .base import (
     ATTEMPT_HEADER, DEATH_REASON_HEADER, EXCHANGE, ORIGINAL_QUEUE_HEADER, QUEUE_DEAD,
     QUEUE_IMIS, QUEUE_JOBS, QUEUE_RUNS, RETRY_DELAYS_S, WORK_QUEUES, Broker, BrokerClosed,
-    Delivery, PublishError, Reject, Retry, declared_queues, delay_queue_name,
+    Delivery, PublishError, Reject, Retry, declared_queues, delay_queue_name, is_work_queue,
+    partition_of, partition_queue, tenant_jobs_queue,
 )
 from .memory import MemoryBroker, MemoryServer
 from .rabbitmq import RabbitMQBroker
@@ -15,6 +16,7 @@ __all__ = [
     "QUEUE_IMIS", "QUEUE_JOBS", "QUEUE_RUNS", "RETRY_DELAYS_S", "WORK_QUEUES", "Broker",
     "BrokerClosed", "Delivery", "MemoryBroker", "MemoryServer", "PublishError",
     "RabbitMQBroker", "Reject", "Retry", "create_broker", "declared_queues", "delay_queue_name",
+    "is_work_queue", "partition_of", "partition_queue", "tenant_jobs_queue",
 ]
 
 

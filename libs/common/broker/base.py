@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -91,17 +92,71 @@ class Forward:
     dead: bool
 
 
+# A partition key: letters, digits, "-" and "_", so that a partition name has no extra dot.
+_PARTITION_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_DELAY_SUFFIX = re.compile(r"^(?P<queue>.+)\.retry\.(?P<seconds>[0-9.e+-]+)$")
+
+
 def delay_queue_name(queue: str, seconds: float) -> str:
     """Return the name of the delay queue that keeps messages of `queue` for `seconds`."""
     return f"{queue}.retry.{seconds:g}"
 
 
-def declared_queues(retry_delays_s: Iterable[float] = RETRY_DELAYS_S) -> tuple[str, ...]:
-    """Return every queue name the broker declares: work queues, delay queues, dead queue."""
+def partition_queue(queue: str, key: str) -> str:
+    """Return the name of the partition of a work queue for `key`, such as `tm.jobs.ACME`.
+
+    A partition is a work queue of its own, with its own delay queues, dead-lettering to
+    the dead queue. Brokers declare it on the first publish or consume, so producers can
+    give each tenant a queue of its own and consumers can give each queue its own workers.
+    Raises ValueError for a queue that is not a work queue, or a key that is not 1 to 64
+    letters, digits, "-" or "_".
+    """
+    if queue not in WORK_QUEUES:
+        raise ValueError(f"only the work queues {WORK_QUEUES} have partitions, got {queue!r}")
+    if not isinstance(key, str) or not _PARTITION_KEY.match(key):
+        raise ValueError(f"invalid partition key {key!r}: use 1 to 64 letters, digits, '-' or '_'")
+    return f"{queue}.{key}"
+
+
+def tenant_jobs_queue(tenant_id: str) -> str:
+    """Return the tenant's partition of `tm.jobs`, such as `tm.jobs.ACME`.
+
+    The sender runs workers per tenant queue, so one tenant's long campaign does not hold
+    up another's texts. Raises ValueError like partition_queue.
+    """
+    return partition_queue(QUEUE_JOBS, tenant_id)
+
+
+def partition_of(name: str) -> str | None:
+    """Return the partition a queue name belongs to (the partition itself or one of its
+    delay queues), or None for any other name."""
+    delay = _DELAY_SUFFIX.match(name)
+    work = delay.group("queue") if delay else name
+    base, _, key = work.rpartition(".")
+    if base in WORK_QUEUES and _PARTITION_KEY.match(key):
+        return work
+    return None
+
+
+def is_work_queue(name: str) -> bool:
+    """Return whether name is a work queue or a partition of one, the queues consumers take from."""
+    return name in WORK_QUEUES or partition_of(name) == name
+
+
+def declared_queues(retry_delays_s: Iterable[float] = RETRY_DELAYS_S,
+                    partitions: Iterable[str] = ()) -> tuple[str, ...]:
+    """Return every queue name the broker declares: work queues, delay queues, dead queue.
+
+    `partitions` adds partition queues (names from partition_queue) with their delay
+    queues, for callers that clean up after using them.
+    """
     delays = tuple(retry_delays_s)
     names = list(WORK_QUEUES)
     names += [delay_queue_name(queue, seconds) for queue in WORK_QUEUES for seconds in delays]
     names.append(QUEUE_DEAD)
+    for partition in partitions:
+        names.append(partition)
+        names += [delay_queue_name(partition, seconds) for seconds in delays]
     return tuple(names)
 
 
@@ -162,6 +217,21 @@ class Broker(abc.ABC):
                 stop: threading.Event) -> None:
         """Run handler on every message of queue until stop is set."""
 
+    def publish_delayed(self, queue: str, body: dict, *, delay_s: float,
+                        message_id: str | None = None) -> None:
+        """Publish one message that reaches `queue` after delay_s, rounded up to a delay step.
+
+        The message goes through the queue's delay queue, as a retried one does, and
+        starts at attempt 1. A delay past the longest step waits the longest step.
+        Raises PublishError.
+        """
+        step = self._delay_step(1, delay_s)
+        self.publish(delay_queue_name(queue, step), body, message_id=message_id)
+
+    @abc.abstractmethod
+    def consumers(self, queue: str) -> int:
+        """Return how many consume() calls of this broker are connected to queue now."""
+
     @abc.abstractmethod
     def queue_depth(self, queue: str) -> int:
         """Return the number of messages ready in queue; raises ValueError for an unknown queue."""
@@ -182,8 +252,9 @@ class Broker(abc.ABC):
         return self.queue_prefix + queue
 
     def _check_consumable(self, queue: str, prefetch: int) -> None:
-        if queue not in WORK_QUEUES:
-            raise ValueError(f"consume accepts only the work queues {WORK_QUEUES}, got {queue!r}")
+        if not is_work_queue(queue):
+            raise ValueError(f"consume accepts only the work queues {WORK_QUEUES} and their partitions, "
+                             f"got {queue!r}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {prefetch}")
 

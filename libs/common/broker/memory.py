@@ -12,7 +12,7 @@ from libs.common.clock import SystemClock
 
 from .base import (
     QUEUE_DEAD, RETRY_DELAYS_S, WORK_QUEUES, Broker, BrokerClosed, Delivery, Forward,
-    Incoming, PublishError, delay_queue_name, encode_body,
+    Incoming, PublishError, delay_queue_name, encode_body, partition_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -51,13 +51,21 @@ class MemoryServer:
     def declare(self, prefix: str, retry_delays_s: tuple[float, ...]) -> None:
         """Create the work, delay and dead queues for prefix unless they exist."""
         with self.condition:
-            for queue in (*WORK_QUEUES, QUEUE_DEAD):
-                self._ready.setdefault(prefix + queue, deque())
+            self._ready.setdefault(prefix + QUEUE_DEAD, deque())
             for queue in WORK_QUEUES:
-                for seconds in retry_delays_s:
-                    name = prefix + delay_queue_name(queue, seconds)
-                    self._delayed.setdefault(name, deque())
-                    self._delay_targets[name] = (seconds, prefix + queue)
+                self._declare_work_queue(prefix, queue, retry_delays_s)
+
+    def declare_partition(self, prefix: str, partition: str, retry_delays_s: tuple[float, ...]) -> None:
+        """Create a partition queue and its delay queues unless they exist."""
+        with self.condition:
+            self._declare_work_queue(prefix, partition, retry_delays_s)
+
+    def _declare_work_queue(self, prefix: str, queue: str, retry_delays_s: tuple[float, ...]) -> None:
+        self._ready.setdefault(prefix + queue, deque())
+        for seconds in retry_delays_s:
+            name = prefix + delay_queue_name(queue, seconds)
+            self._delayed.setdefault(name, deque())
+            self._delay_targets[name] = (seconds, prefix + queue)
 
     def put(self, name: str, messages: Iterable[StoredMessage]) -> None:
         """Append messages to a queue; raises PublishError when no queue has that name."""
@@ -153,6 +161,7 @@ class MemoryBroker(Broker):
                 message_id: str | None = None) -> None:
         message = StoredMessage(encode_body(body), dict(headers or {}), message_id)
         self._check_open()
+        self._declare_partition_of(queue)
         try:
             self.server.put(self._name(queue), [message])
         except PublishError:
@@ -164,6 +173,7 @@ class MemoryBroker(Broker):
         payloads = [encode_body(body) for body in bodies]
         ids = self._message_ids(len(payloads), message_ids)
         self._check_open()
+        self._declare_partition_of(queue)
         try:
             self.server.put(self._name(queue),
                             [StoredMessage(payload, {}, id_) for payload, id_ in zip(payloads, ids)])
@@ -179,6 +189,7 @@ class MemoryBroker(Broker):
         consumer = _Consumer(self._name(queue), prefetch)
         with self.server.condition:
             self._check_open()
+            self._declare_partition_of(queue)
             self._consumers.add(consumer)
 
         logger.info("consuming %s in process with prefetch %d", queue, prefetch)
@@ -189,6 +200,11 @@ class MemoryBroker(Broker):
                 self._settle(consumer, incoming, self._decide(handler, incoming))
         finally:
             self._release(consumer)
+
+    def consumers(self, queue: str) -> int:
+        with self.server.condition:
+            return sum(1 for consumer in self._consumers
+                       if consumer.name == self._name(queue) and not consumer.killed)
 
     def queue_depth(self, queue: str) -> int:
         self._check_open()
@@ -216,6 +232,11 @@ class MemoryBroker(Broker):
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerClosed("the broker is closed; create a new one")
+
+    def _declare_partition_of(self, queue: str) -> None:
+        partition = partition_of(queue)
+        if partition is not None:
+            self.server.declare_partition(self.queue_prefix, partition, self.retry_delays_s)
 
     def _next_message(self, consumer: _Consumer, stop: threading.Event) -> StoredMessage | None:
         """Return the next message for the handler, or None once the consumer must stop."""

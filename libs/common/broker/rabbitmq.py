@@ -12,7 +12,7 @@ import pika.exceptions
 
 from .base import (
     EXCHANGE, QUEUE_DEAD, RETRY_DELAYS_S, WORK_QUEUES, Broker, BrokerClosed, Delivery,
-    Forward, Incoming, PublishError, delay_queue_name, encode_body,
+    Forward, Incoming, PublishError, delay_queue_name, encode_body, partition_of,
 )
 from .batch import BatchPublish
 from .worker import HandlerJob, HandlerThread
@@ -40,19 +40,33 @@ def build_topology(prefix: str, retry_delays_s: Iterable[float]) -> list[tuple[s
     queues with at-least-once dead-lettering would close that gap.
     """
     exchange = prefix + EXCHANGE
-    dead = prefix + QUEUE_DEAD
     steps = [("exchange_declare", {"exchange": exchange, "exchange_type": "direct", "durable": True})]
     for queue in WORK_QUEUES:
-        work = prefix + queue
-        steps += _queue_steps(exchange, work, {"x-dead-letter-exchange": exchange,
-                                               "x-dead-letter-routing-key": dead})
-        for seconds in retry_delays_s:
-            steps += _queue_steps(exchange, prefix + delay_queue_name(queue, seconds), {
-                "x-message-ttl": round(seconds * 1000),
-                "x-dead-letter-exchange": exchange,
-                "x-dead-letter-routing-key": work,
-            })
-    steps += _queue_steps(exchange, dead, {})
+        steps += _work_queue_steps(prefix, queue, retry_delays_s)
+    steps += _queue_steps(exchange, prefix + QUEUE_DEAD, {})
+    return steps
+
+
+def build_partition_topology(prefix: str, partition: str,
+                             retry_delays_s: Iterable[float]) -> list[tuple[str, dict]]:
+    """Return the declarations of one partition queue and its delay queues.
+
+    They assume the exchange and the dead queue of build_topology exist.
+    """
+    return _work_queue_steps(prefix, partition, retry_delays_s)
+
+
+def _work_queue_steps(prefix: str, queue: str, retry_delays_s: Iterable[float]) -> list[tuple[str, dict]]:
+    exchange = prefix + EXCHANGE
+    work = prefix + queue
+    steps = _queue_steps(exchange, work, {"x-dead-letter-exchange": exchange,
+                                          "x-dead-letter-routing-key": prefix + QUEUE_DEAD})
+    for seconds in retry_delays_s:
+        steps += _queue_steps(exchange, prefix + delay_queue_name(queue, seconds), {
+            "x-message-ttl": round(seconds * 1000),
+            "x-dead-letter-exchange": exchange,
+            "x-dead-letter-routing-key": work,
+        })
     return steps
 
 
@@ -68,7 +82,8 @@ class RabbitMQBroker(Broker):
 
     publish() keeps a connection per calling thread. consume() opens its own
     connection and runs the handler on a helper thread, so that the consumer's thread
-    keeps the connection and its heartbeats going. Every connect declares the topology.
+    keeps the connection and its heartbeats going. Every connect declares the topology,
+    and a partition queue is declared on each connection before its first use there.
     """
 
     def __init__(self, url: str, *, max_attempts: int = 5, queue_prefix: str = "",
@@ -91,7 +106,7 @@ class RabbitMQBroker(Broker):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._publishers: dict[threading.Thread, _Publisher] = {}
-        self._consumer_connections: set[pika.BlockingConnection] = set()
+        self._consumer_connections: dict[pika.BlockingConnection, str] = {}
         self._closed = threading.Event()
         self._abandoned = threading.Event()
 
@@ -110,10 +125,11 @@ class RabbitMQBroker(Broker):
         properties = _properties(headers, message_id)
         routing_key = self._name(queue)
 
-        def send(channel) -> None:
+        def send(publisher: _Publisher) -> None:
+            self._declare_partition(publisher, queue)
             try:
-                channel.basic_publish(self._exchange, routing_key, payload, properties,
-                                      mandatory=True)
+                publisher.channel.basic_publish(self._exchange, routing_key, payload, properties,
+                                                mandatory=True)
             except pika.exceptions.UnroutableError:
                 raise PublishError(f"message {message_id} to {queue} is unroutable: "
                                    f"no queue has that name") from None
@@ -144,7 +160,7 @@ class RabbitMQBroker(Broker):
         for attempt in (1, 2):
             if not pending:
                 break
-            outcome = BatchPublish(self._parameters("batch"), self._topology, self._exchange,
+            outcome = BatchPublish(self._parameters("batch"), self._topology_for(queue), self._exchange,
                                    self._name(queue), [messages[i] for i in pending],
                                    self._batch_confirm_timeout_s).run()
             if outcome.returned or outcome.nacked:
@@ -166,14 +182,19 @@ class RabbitMQBroker(Broker):
 
     def queue_depth(self, queue: str) -> int:
         """Return the ready messages of queue; raises ValueError for an unknown queue."""
-        def count(channel) -> int:
-            return channel.queue_declare(self._name(queue), passive=True).method.message_count
+        def count(publisher: _Publisher) -> int:
+            return publisher.channel.queue_declare(self._name(queue), passive=True).method.message_count
         return self._with_publisher(count, f"counting {queue}", queue=queue)
 
     def purge(self, queue: str) -> None:
         """Drop every ready message of queue; raises ValueError for an unknown queue."""
-        self._with_publisher(lambda channel: channel.queue_purge(self._name(queue)),
+        self._with_publisher(lambda publisher: publisher.channel.queue_purge(self._name(queue)),
                              f"purging {queue}", queue=queue)
+
+    def consumers(self, queue: str) -> int:
+        """Return how many consume() calls of this broker hold an open connection to queue."""
+        with self._lock:
+            return sum(1 for name in self._consumer_connections.values() if name == queue)
 
     # Consuming
 
@@ -205,9 +226,9 @@ class RabbitMQBroker(Broker):
                            stop: threading.Event, worker: HandlerThread,
                            backoff: _Backoff) -> None:
         """Consume on one connection; returns when stopping, raises when the connection fails."""
-        connection, channel = self._connect(f"consumer {queue}")
+        connection, channel = self._connect(f"consumer {queue}", self._topology_for(queue))
         with self._lock:
-            self._consumer_connections.add(connection)
+            self._consumer_connections[connection] = queue
         try:
             channel.basic_qos(prefetch_count=prefetch)
             forwarder = connection.channel()
@@ -231,7 +252,7 @@ class RabbitMQBroker(Broker):
             raise pika.exceptions.ConsumerCancelled(f"RabbitMQ cancelled the consumer of {queue}")
         finally:
             with self._lock:
-                self._consumer_connections.discard(connection)
+                self._consumer_connections.pop(connection, None)
             _close_quietly(connection)
 
     def _run_handler(self, connection: pika.BlockingConnection, worker: HandlerThread,
@@ -298,13 +319,30 @@ class RabbitMQBroker(Broker):
         parameters.client_properties = {"connection_name": f"{self._connection_name} {role}"}
         return parameters
 
-    def _connect(self, role: str) -> tuple[pika.BlockingConnection, object]:
+    def _topology_for(self, queue: str) -> list[tuple[str, dict]]:
+        """Return the whole topology, with the partition that queue belongs to if any."""
+        partition = partition_of(queue)
+        if partition is None:
+            return self._topology
+        return self._topology + build_partition_topology(self.queue_prefix, partition, self.retry_delays_s)
+
+    def _declare_partition(self, publisher: _Publisher, queue: str) -> None:
+        """Declare the partition that queue belongs to on the publisher's channel, once."""
+        partition = partition_of(queue)
+        if partition is None or partition in publisher.declared:
+            return
+        for method, arguments in build_partition_topology(self.queue_prefix, partition, self.retry_delays_s):
+            getattr(publisher.channel, method)(**arguments)
+        publisher.declared.add(partition)
+
+    def _connect(self, role: str, topology: list[tuple[str, dict]] | None = None
+                 ) -> tuple[pika.BlockingConnection, object]:
         """Open a connection and a channel, and declare the topology on it."""
         parameters = self._parameters(role)
         connection = pika.BlockingConnection(parameters)
         try:
             channel = connection.channel()
-            for method, arguments in self._topology:
+            for method, arguments in topology or self._topology:
                 getattr(channel, method)(**arguments)
         except BaseException:
             _close_quietly(connection)
@@ -340,7 +378,7 @@ class RabbitMQBroker(Broker):
         """
         for attempt in (1, 2):
             try:
-                return operation(self._publisher().channel)
+                return operation(self._publisher())
             except pika.exceptions.ChannelClosedByBroker as error:
                 self._drop_publisher()
                 if queue is not None and error.reply_code == 404:
@@ -399,11 +437,12 @@ class RabbitMQBroker(Broker):
 
 
 class _Publisher:
-    """One thread's publisher connection and its confirm-mode channel."""
+    """One thread's publisher connection, its confirm-mode channel, and the partitions declared on it."""
 
     def __init__(self, connection: pika.BlockingConnection, channel):
         self.connection = connection
         self.channel = channel
+        self.declared: set[str] = set()
 
 
 class _Backoff:
