@@ -171,6 +171,24 @@ def _new_sid(prefix: str) -> str:
 
 
 @dataclass
+class _DeliveryError:
+    """A delivery error a number's texts end with: for `remaining` more texts, or all when None."""
+
+    status: str
+    code: int
+    remaining: int | None
+
+    def take(self) -> bool:
+        """Return True when the next text to the number fails, counting it."""
+        if self.remaining is None:
+            return True
+        if self.remaining <= 0:
+            return False
+        self.remaining -= 1
+        return True
+
+
+@dataclass
 class _Lifecycle:
     """The statuses a message still has to go through, posted one after another."""
 
@@ -304,9 +322,12 @@ class TwilioSimulator:
         self._order = itertools.count()
         self._opted_out: set[str] = set()
         self._undelivered: dict[str, int] = {}
+        self._delivery_errors: dict[str, _DeliveryError] = {}
         self._create_errors: dict[str, tuple[int, int]] = {}
         self._fail_next_count = 0
         self._fail_next_error = (0, 0)
+        self._slow_next_count = 0
+        self._slow_next_s = 0.0
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -381,6 +402,27 @@ class TwilioSimulator:
         with self._lock:
             self._undelivered = dict(numbers)
 
+    def set_delivery_error(self, number: str, code: int, *, status: str = "undelivered",
+                           times: int | None = None) -> None:
+        """Make texts to this number end `undelivered` or `failed` with ErrorCode `code`.
+
+        With `times`, only that many texts fail and later ones are delivered, as when a
+        retry after a temporary delivery error goes through.
+        """
+        if status not in ("undelivered", "failed"):
+            raise ValueError(f"status must be undelivered or failed, got {status!r}")
+        with self._lock:
+            self._delivery_errors[number] = _DeliveryError(status, code, times)
+
+    def slow_next(self, count: int, seconds: float) -> None:
+        """Make the next `count` creates respond `seconds` late, each stored as usual.
+
+        A client that times out meanwhile does not learn that its text was created.
+        """
+        with self._lock:
+            self._slow_next_count = count
+            self._slow_next_s = seconds
+
     def set_create_error(self, number: str, code: int, http_status: int = 400) -> None:
         """Make every create to this number fail with the given error."""
         with self._lock:
@@ -432,9 +474,17 @@ class TwilioSimulator:
         # Statuses advance from acceptance on, so a long latency lets callbacks overtake the response.
         if lifecycle is not None:
             self._runner.schedule(lifecycle)
-        if self.latency_s > 0:
-            time.sleep(self.latency_s)
+        delay_s = self.latency_s + self._take_slow_delay()
+        if delay_s > 0:
+            time.sleep(delay_s)
         return answer
+
+    def _take_slow_delay(self) -> float:
+        with self._lock:
+            if self._slow_next_count <= 0:
+                return 0.0
+            self._slow_next_count -= 1
+            return self._slow_next_s
 
     def _new_record(self, form: dict, received_at: float) -> dict:
         record = {
@@ -481,6 +531,11 @@ class TwilioSimulator:
     def _planned_steps(self, to: str, service: str | None) -> list[tuple[str, int | None]]:
         if service and to in self._opted_out:
             return [("failed", 21610)]
+        failure = self._delivery_errors.get(to)
+        if failure is not None and failure.take():
+            if failure.status == "failed":
+                return [("failed", failure.code)]
+            return [("sent", None), ("undelivered", failure.code)]
         if to in self._undelivered:
             return [("sent", None), ("undelivered", self._undelivered[to])]
         return [("sent", None), ("delivered", None)]

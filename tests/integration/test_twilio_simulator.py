@@ -475,6 +475,52 @@ def test_undelivered_callback(simulator, gateway, receiver, code):
     assert "ErrorCode" not in forms[0]
 
 
+@pytest.mark.parametrize("code", [30001, 30003, 30008, 30036, 30410])
+def test_delivery_error_then_delivered(simulator, gateway, receiver, code):
+    """A temporary delivery error hits the first text only, so a retry is delivered."""
+    simulator.set_delivery_error(BEN, code, times=1)
+    first = send(gateway, BEN, status_callback=callback_url(receiver, "m1"))
+    second = send(gateway, BEN, status_callback=callback_url(receiver, "m1"))
+    receiver.wait_for(lambda posts: len(posts) == 4)
+    assert [form["MessageStatus"] for form in receiver.for_sid(first.sid)] == ["sent", "undelivered"]
+    assert receiver.for_sid(first.sid)[1]["ErrorCode"] == str(code)
+    assert [form["MessageStatus"] for form in receiver.for_sid(second.sid)] == ["sent", "delivered"]
+
+
+def test_delivery_error_failed_status(simulator, gateway, receiver):
+    simulator.set_delivery_error(BEN, 30032, status="failed")
+    created = send(gateway, BEN, status_callback=callback_url(receiver, "m1"))
+    receiver.wait_for(lambda posts: len(posts) == 1)
+    forms = receiver.for_sid(created.sid)
+    assert [form["MessageStatus"] for form in forms] == ["failed"]
+    assert forms[0]["ErrorCode"] == "30032"
+    assert raw_get(simulator, f"/{created.sid}.json").json()["status"] == "failed"
+
+
+def test_delivery_error_every_text(simulator, gateway, receiver):
+    simulator.set_delivery_error(BEN, 30007)
+    sids = [send(gateway, BEN, status_callback=callback_url(receiver, f"m{i}")).sid for i in range(3)]
+    receiver.wait_for(lambda posts: len(posts) == 6)
+    assert [receiver.for_sid(sid)[1]["ErrorCode"] for sid in sids] == ["30007"] * 3
+
+
+def test_delivery_error_status_checked(simulator):
+    with pytest.raises(ValueError, match="undelivered or failed"):
+        simulator.set_delivery_error(BEN, 30003, status="delivered")
+
+
+def test_slow_next_times_out_once(simulator):
+    """The response comes too late for the client, but the text was created and is listed."""
+    impatient = TwilioGateway(ACCOUNT_SID, AUTH_TOKEN, base_url=simulator.url, timeout_s=0.2)
+    simulator.slow_next(1, 1.0)
+    with pytest.raises(TwilioUnavailable):
+        send(impatient, ANA)
+    second = send(impatient, BEN)
+    listed = impatient.list_messages(to=ANA, sent_after=START)
+    assert [message.sid for message in listed] == [simulator.messages()[0]["sid"]]
+    assert second.status == "queued"
+
+
 def test_undelivered_resource_state(simulator, gateway, receiver):
     simulator.set_undelivered({BEN: 30003})
     created = send(gateway, BEN, status_callback=callback_url(receiver, "m1"))
