@@ -25,7 +25,8 @@ def create_app(runtime: Runtime | None = None) -> Flask:
         runtime = runtime_from_env()
         start_imis_writer(runtime, threading.Event())
     app = Flask(__name__)
-    service = FeedbackService(runtime.db, broker=runtime.broker, tenants=runtime.tenants, clock=runtime.clock)
+    service = FeedbackService(runtime.db, broker=runtime.broker, tenants=runtime.tenants, clock=runtime.clock,
+                              notifier=runtime.notifier)
     public_base = runtime.settings.public_callback_url.rstrip("/")
 
     def verify(tenant_id: str) -> None:

@@ -10,7 +10,7 @@ from pymongo.database import Database
 from libs.common.broker import QUEUE_IMIS, Reject, Retry
 from libs.common.imis import ImisError, ImisUnavailable
 from libs.common.logs import log_context
-from libs.common.progress import RunProgress, apply_callback_status
+from libs.common.progress import CallbackOutcomes, RunProgress, apply_callback_status
 from libs.common.tenants import TenantNotFound, TenantRepository
 
 logger = logging.getLogger(__name__)
@@ -38,12 +38,13 @@ def keyword_of(body: str, opt_out_type: str | None) -> str | None:
 class FeedbackService:
     """Store callbacks for the audit trail and move messages and opt-outs forward."""
 
-    def __init__(self, db: Database, *, broker, tenants: TenantRepository, clock):
+    def __init__(self, db: Database, *, broker, tenants: TenantRepository, clock, notifier=None):
         self._db = db
         self._broker = broker
         self._tenants = tenants
         self._clock = clock
         self._progress = RunProgress(db, clock)
+        self._outcomes = CallbackOutcomes(db, self._progress, broker=broker, notifier=notifier, clock=clock)
 
     def on_status_callback(self, tenant_id: str, message_id: str, form: dict) -> None:
         """Apply one verified status callback to its message."""
@@ -59,13 +60,14 @@ class FeedbackService:
         with log_context(tenant_id=tenant_id, campaign_id=message["campaign_id"], run_id=message["run_id"],
                          message_id=message_id):
             if form.get("MessageSid") and not message.get("sid"):
-                self._db.messages.update_one({"_id": message_id, "sid": {"$exists": False}},
+                self._db.messages.update_one({"_id": message_id, "sid": {"$exists": False},
+                                              "previous_sids": {"$ne": form["MessageSid"]}},
                                              {"$set": {"sid": form["MessageSid"]}})
             if self._is_opt_out(tenant_id, error_code):
                 self._opt_out_from_callback(message, now)
                 return
-            applied = apply_callback_status(self._db, self._progress, tenant_id=tenant_id, message_id=message_id,
-                                            status=status, error_code=error_code, at=now)
+            applied = self._outcomes.apply(tenant_id=tenant_id, message_id=message_id, sid=form.get("MessageSid"),
+                                           status=status, error_code=error_code, at=now)
             logger.info("callback %s%s: %s", status, f" ({error_code})" if error_code else "",
                         "applied" if applied else "no change")
 

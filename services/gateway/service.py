@@ -9,7 +9,7 @@ from datetime import datetime
 from pymongo import ReturnDocument
 from pymongo.database import Database
 
-from libs.common.broker import QUEUE_JOBS
+from libs.common.broker import PublishError, tenant_jobs_queue
 from libs.common.progress import RunProgress
 from services.gateway.errors import Conflict, InvalidInput, NotFound
 
@@ -115,8 +115,27 @@ class CampaignService:
         return {"run": run, "skipped": skipped[offset:offset + limit], "skipped_total": len(skipped)}
 
     def _republish_parked(self, run_id: str, status: str) -> None:
-        for message in self._db.messages.find({"run_id": run_id, "status": status}, {"job": 1}):
-            self._broker.publish(QUEUE_JOBS, message["job"], message_id=message["_id"])
+        """Publish each text set aside with `status` again, moving it to `retrying` first.
+
+        The move is one update per text, so a sender that parks a text while the run is
+        being resumed, and publishes it itself, does not publish it a second time. A text
+        whose publish fails gets a `retry_at`, so that the scheduler publishes it later.
+        """
+        parked = [document["_id"] for document in self._db.messages.find({"run_id": run_id, "status": status},
+                                                                         {"_id": 1})]
+        for message_id in parked:
+            message = self._db.messages.find_one_and_update({"_id": message_id, "status": status},
+                                                            {"$set": {"status": "retrying"}})
+            if message is None:
+                continue
+            try:
+                self._broker.publish(tenant_jobs_queue(message["tenant_id"]), message["job"],
+                                     message_id=message["_id"])
+            except PublishError:
+                logger.warning("publishing the paused text %s failed; the scheduler publishes it later",
+                               message["_id"], exc_info=True)
+                self._db.messages.update_one({"_id": message["_id"], "status": "retrying"},
+                                             {"$set": {"retry_at": self._clock.now()}})
 
     def _set_campaign_status(self, tenant_id: str, campaign_id: str, status: str) -> None:
         self._db.campaigns.update_one({"_id": campaign_id, "tenant_id": tenant_id},

@@ -9,7 +9,7 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from libs.common.broker import QUEUE_JOBS, QUEUE_RUNS, PublishError
+from libs.common.broker import QUEUE_JOBS, QUEUE_RUNS, PublishError, tenant_jobs_queue
 from libs.common.logs import log_context
 from services.scheduler.recurrence import Rule, RuleError
 
@@ -120,19 +120,35 @@ class Scheduler:
             return True
 
     def _release_deferred(self) -> None:
-        """Publish again texts held back by the daily allowance once their day is over."""
+        """Publish again texts whose wait is over.
+
+        They are texts held back by the daily allowance until the tenant's midnight
+        (`deferred`), and new attempts after a delivery error whose own publish was lost
+        (`retrying` with a `retry_at` that passed).
+        """
         now = self._clock.now()
         while True:
             message = self._db.messages.find_one_and_update(
-                {"status": "deferred", "deferred_until": {"$lte": now}},
-                {"$set": {"status": "retrying"}},
+                {"$or": [{"status": "deferred", "deferred_until": {"$lte": now}},
+                         {"status": "retrying", "retry_at": {"$lte": now}}]},
+                {"$set": {"status": "retrying"}, "$unset": {"deferred_until": "", "retry_at": ""}},
             )
             if message is None:
                 return
             try:
-                self._broker.publish(QUEUE_JOBS, message["job"], message_id=message["_id"])
+                self._broker.publish(_jobs_queue(message["job"]), message["job"], message_id=message["_id"])
             except PublishError:
-                self._db.messages.update_one({"_id": message["_id"], "status": "retrying"},
-                                             {"$set": {"status": "deferred"}})
+                self._put_back(message)
                 logger.warning("publishing a deferred text failed; it is tried at the next tick", exc_info=True)
                 return
+
+    def _put_back(self, message: dict) -> None:
+        wait_field = "deferred_until" if message["status"] == "deferred" else "retry_at"
+        self._db.messages.update_one({"_id": message["_id"], "status": "retrying"},
+                                     {"$set": {"status": message["status"], wait_field: message[wait_field]}})
+
+
+def _jobs_queue(job: dict) -> str:
+    """Return the tenant's job queue; a job without a tenant goes to `tm.jobs`, where the sender rejects it."""
+    tenant_id = job.get("tenant_id")
+    return tenant_jobs_queue(tenant_id) if tenant_id else QUEUE_JOBS

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import random
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
+from typing import Callable
 from zoneinfo import ZoneInfo
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from libs.common.broker import QUEUE_IMIS, QUEUE_JOBS, Reject, Retry
+from libs.common.broker import QUEUE_IMIS, Reject, Retry, tenant_jobs_queue
 from libs.common.logs import log_context
-from libs.common.progress import PARKED_STATUSES, RunProgress
+from libs.common.progress import JOB_FIELDS, PARKED_STATUSES, SLOW_DOWN_CODES, RunProgress, backoff_s
 from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
 from libs.common.twilio_client import TwilioError, TwilioUnavailable
 from services.sender import outcomes
@@ -22,28 +25,76 @@ from services.sender.pacing import Pacer
 
 logger = logging.getLogger(__name__)
 
-JOB_FIELDS = ("tenant_id", "campaign_id", "run_id", "message_id", "member_id", "to", "body", "segments", "encoding")
 STOPPED_RUN_STATUSES = ("cancelled", "failed")
+CLAIM_FIELDS = ("claim_token", "claim_until", "call_started_at")
+# Twilio's dates have whole seconds and clocks drift: the message list is read from this
+# long before the first call whose outcome is unknown.
+RECONCILE_MARGIN = timedelta(minutes=1)
+# How often a worker waiting for its send slot checks whether the instance is stopping.
+STOP_CHECK_S = 0.2
+# After 21611 or a retried 30001/30036, send from the number at this share of its rate for a while.
+SLOW_DOWN_FACTOR = 0.5
+SLOW_DOWN_S = 600.0
+# Assumed Twilio create latency until calls have been measured; an estimate, not a measurement.
+INITIAL_LATENCY_S = 0.3
 
 
-@dataclass
+def no_checkpoint(step: str) -> None:
+    """Default checkpoint: does nothing."""
+
+
+@dataclass(frozen=True)
 class Claim:
+    """This attempt's hold on a message, and the message document as it was before the claim."""
+
     token: str
-    attempts: int
-    unknown_outcome_since: object = None
+    previous: dict | None
+
+    @property
+    def unknown_outcome_since(self) -> datetime | None:
+        """Return when the first call of a lapsed claim started, if one started: its outcome is unknown."""
+        if not self.previous or self.previous.get("status") != "sending" or not self.previous.get("call_started_at"):
+            return None
+        return self.previous.get("first_call_at") or self.previous["call_started_at"]
+
+
+class LatencyMeter:
+    """Exponentially weighted mean of Twilio create call durations, in seconds."""
+
+    def __init__(self, initial_s: float = INITIAL_LATENCY_S, weight: float = 0.05):
+        self._mean_s = initial_s
+        self._weight = weight
+        self._lock = threading.Lock()
+
+    @property
+    def mean_s(self) -> float:
+        with self._lock:
+            return self._mean_s
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self._mean_s += self._weight * (seconds - self._mean_s)
 
 
 class Sender:
-    """Turn one job from `tm.jobs` into at most one Twilio message.
+    """Turn one job from a `tm.jobs` queue into at most one Twilio message.
 
     The message document is claimed (`sending`, with a token and a lease) before the
     call and recorded after it; the queue message is acknowledged only once the record
-    is stored. A claim whose lease lapsed may have reached Twilio, so it is reconciled
-    against Twilio's message list before anything is sent again.
+    is stored. Just before the call the lease is renewed and the call's start stored,
+    so a claim whose lease lapsed after that may have reached Twilio: it is reconciled
+    against Twilio's message list before anything is sent again. The lease must be
+    longer than the Twilio client's timeout, so that a call is over when its lease lapses.
+
+    `checkpoint(step)` is called at "claimed", "calling", "answered" and "recorded",
+    so tests can stop an instance at each step. `stopping`, once set, makes a worker
+    that waits for a send slot give its text back instead of sending it.
     """
 
     def __init__(self, db: Database, *, broker, tenants: TenantRepository, twilio_factory, pacer: Pacer,
-                 notifier, clock, public_callback_url: str, lease_s: float = 60.0):
+                 notifier, clock, public_callback_url: str, lease_s: float = 60.0,
+                 stopping: threading.Event | None = None, checkpoint: Callable[[str], None] = no_checkpoint,
+                 rng: random.Random | None = None):
         self._db = db
         self._broker = broker
         self._tenants = tenants
@@ -53,7 +104,11 @@ class Sender:
         self._clock = clock
         self._callback_base = public_callback_url.rstrip("/")
         self._lease = timedelta(seconds=lease_s)
+        self._stopping = stopping
+        self._checkpoint = checkpoint
+        self._rng = rng or random.Random()
         self._progress = RunProgress(db, clock)
+        self.latency = LatencyMeter()
 
     def handle(self, delivery) -> None:
         """Process one job; raise Reject for an invalid job and Retry to try again later."""
@@ -62,85 +117,160 @@ class Sender:
                          run_id=job["run_id"], message_id=job["message_id"]):
             self._send(job, delivery.attempt)
 
-    def _send(self, job: dict, attempt: int) -> None:
+    def route(self, delivery) -> None:
+        """Move a job from the shared `tm.jobs` to its tenant's queue; raise Reject for an invalid job.
+
+        Producers that publish to `tm.jobs` get the same per-tenant fairness as those
+        that publish to the tenant's queue, at the cost of one more confirmed publish.
+        A job routed twice after a crash is still one text, because the claim decides.
+        """
+        job = _validate_job(delivery.body)
+        self._tenant(job)
         try:
-            tenant = self._tenants.get(job["tenant_id"])
-        except TenantNotFound:
-            raise Reject(f"unknown tenant {job['tenant_id']!r}") from None
-        run = self._db.runs.find_one({"_id": job["run_id"], "tenant_id": job["tenant_id"]})
+            queue = tenant_jobs_queue(job["tenant_id"])
+        except ValueError as error:
+            raise Reject(str(error)) from None
+        self._broker.publish(queue, job, message_id=job["message_id"])
+
+    def _send(self, job: dict, attempt: int) -> None:
+        tenant = self._tenant(job)
+        run = self._db.runs.find_one({"_id": job["run_id"], "tenant_id": job["tenant_id"]}, {"status": 1})
         if run is None:
             raise Reject(f"run {job['run_id']} does not exist")
 
         claim = self._claim(job)
         if claim is None:
             return
-        if run["status"] in STOPPED_RUN_STATUSES:
-            self._finish(job, claim, "cancelled", reason=f"run {run['status']}")
+        self._checkpoint("claimed")
+        if not self._run_allows(job, claim, run["status"]):
             return
-        if run["status"] == "paused":
-            self._park(job, claim, "paused")
-            self._republish_if_resumed(job)
+        if claim.unknown_outcome_since is not None and self._reconcile(job, claim, tenant, attempt):
             return
-        if claim.unknown_outcome_since is not None and self._reconcile(job, claim, tenant):
-            return
-        if not self._reserve_daily_allowance(tenant):
-            self._release(job, claim, "deferred", reason="daily allowance used up",
-                          deferred_until=self._next_midnight(tenant))
-            return
+        self._slow_down_after_error(claim, tenant)
 
-        self._pacer.wait_for(f"{tenant.cloud_id}:{tenant.sender_number}", job["segments"], tenant.sender_rate_sps)
-        self._call_twilio(job, claim, tenant)
+        usage_id = self._reserve_daily_allowance(tenant)
+        if usage_id is None:
+            self._park(job, claim, "deferred", reason="daily allowance used up",
+                       deferred_until=self._next_midnight(tenant))
+            return
+        try:
+            self._wait_for_slot(job, claim, tenant)
+        except Retry:
+            self._release_allowance(usage_id)
+            raise
+        if not self._start_call(job, claim):
+            self._release_allowance(usage_id)
+            return
+        self._call_twilio(job, claim, tenant, usage_id, attempt)
+
+    def _tenant(self, job: dict) -> Tenant:
+        try:
+            return self._tenants.get(job["tenant_id"])
+        except TenantNotFound:
+            raise Reject(f"unknown tenant {job['tenant_id']!r}") from None
+
+    # Claiming
 
     def _claim(self, job: dict) -> Claim | None:
+        """Claim the message; return None when it needs nothing more, raise Retry while another instance has it."""
         now = self._clock.now()
         token = uuid.uuid4().hex
         claim_fields = {"status": "sending", "claim_token": token, "claim_until": now + self._lease, "claimed_at": now}
         insert_fields = {key: job[key] for key in JOB_FIELDS if key != "message_id"}
         insert_fields["created_at"] = now
         try:
-            document = self._db.messages.find_one_and_update(
+            previous = self._db.messages.find_one_and_update(
                 {"_id": job["message_id"], "status": {"$in": list(PARKED_STATUSES)}},
-                {"$set": claim_fields, "$setOnInsert": insert_fields, "$inc": {"attempts": 1}},
-                upsert=True, return_document=ReturnDocument.AFTER,
+                {"$set": claim_fields, "$setOnInsert": insert_fields, "$inc": {"attempts": 1},
+                 "$unset": {"retry_at": ""}},
+                upsert=True,
             )
-            return Claim(token, document["attempts"])
+            return Claim(token, previous)
         except DuplicateKeyError:
             return self._claim_existing(job, claim_fields, now)
 
-    def _claim_existing(self, job: dict, claim_fields: dict, now) -> Claim | None:
+    def _claim_existing(self, job: dict, claim_fields: dict, now: datetime) -> Claim | None:
         existing = self._db.messages.find_one({"_id": job["message_id"]})
         if existing is None or existing["status"] != "sending":
             logger.info("job already handled (message %s), acknowledging", existing and existing["status"])
             return None
-        if existing["claim_until"].replace(tzinfo=now.tzinfo) > now:
-            seconds_left = (existing["claim_until"].replace(tzinfo=now.tzinfo) - now).total_seconds()
-            raise Retry("another sender instance holds this text", delay_s=max(seconds_left, 1.0))
+        claim_until = existing["claim_until"].replace(tzinfo=now.tzinfo)
+        if claim_until > now:
+            raise Retry("another sender instance has claimed this text", delay_s=(claim_until - now).total_seconds())
         taken = self._db.messages.find_one_and_update(
             {"_id": job["message_id"], "status": "sending", "claim_token": existing["claim_token"]},
-            {"$set": claim_fields, "$inc": {"attempts": 1}}, return_document=ReturnDocument.AFTER,
+            {"$set": claim_fields, "$inc": {"attempts": 1}},
         )
         if taken is None:
             raise Retry("another sender instance took over this text", delay_s=1.0)
-        logger.warning("taking over a lapsed claim: the earlier attempt may have reached Twilio")
-        return Claim(claim_fields["claim_token"], taken["attempts"], unknown_outcome_since=existing["claimed_at"])
+        claim = Claim(claim_fields["claim_token"], taken)
+        if claim.unknown_outcome_since is not None:
+            logger.warning("taking over a lapsed claim whose Twilio call may have gone through")
+        return claim
 
-    def _reconcile(self, job: dict, claim: Claim, tenant: Tenant) -> bool:
-        """Record a text Twilio already holds from a lapsed attempt; return True if found."""
-        since = claim.unknown_outcome_since.replace(tzinfo=self._clock.now().tzinfo) - timedelta(minutes=1)
+    def _run_allows(self, job: dict, claim: Claim, run_status: str) -> bool:
+        """Return True when the run is sending; otherwise set the text aside or cancel it."""
+        if run_status in STOPPED_RUN_STATUSES:
+            self._finish(job, claim, "cancelled", reason=f"run {run_status}")
+            return False
+        if run_status == "paused":
+            self._park(job, claim, "paused", reason="campaign paused")
+            self._republish_if_resumed(job)
+            return False
+        return True
+
+    def _reconcile(self, job: dict, claim: Claim, tenant: Tenant, attempt: int) -> bool:
+        """Record a text that Twilio already created in an attempt with an unknown outcome; return True if found."""
+        since = claim.unknown_outcome_since.replace(tzinfo=timezone.utc) - RECONCILE_MARGIN
         try:
             listed = self._twilio(tenant).list_messages(to=job["to"], sent_after=since)
         except (TwilioError, TwilioUnavailable) as error:
-            self._release(job, claim, "retrying")
-            raise Retry(f"cannot check Twilio for an earlier attempt: {error}") from None
+            self._retry_unknown(job, claim, attempt, f"cannot check Twilio for an earlier attempt: {error}")
+            return True
         for message in listed:
             if message.body == job["body"] and message.from_ in (tenant.sender_number, None, ""):
                 logger.info("an earlier attempt reached Twilio as %s; not sending again", message.sid)
                 self._record_sent(job, claim, message.sid)
                 return True
+        logger.info("no earlier attempt reached Twilio; sending")
         return False
 
-    def _call_twilio(self, job: dict, claim: Claim, tenant: Tenant) -> None:
+    # Pacing and the call
+
+    def _slow_down_after_error(self, claim: Claim, tenant: Tenant) -> None:
+        """Lower the number's rate for a while when this text comes back after a full queue at Twilio."""
+        if claim.previous and claim.previous.get("status") == "retrying" \
+                and claim.previous.get("error_code") in SLOW_DOWN_CODES:
+            self._pacer.slow_down(_pacing_key(tenant), factor=SLOW_DOWN_FACTOR, duration_s=SLOW_DOWN_S)
+
+    def _wait_for_slot(self, job: dict, claim: Claim, tenant: Tenant) -> None:
+        """Reserve the send slot and sleep until it; raise Retry when the instance stops meanwhile."""
+        slot = self._pacer.reserve(_pacing_key(tenant), job["segments"], tenant.sender_rate_sps)
+        while (left := slot - self._clock.time()) > 0:
+            if self._stopping is not None and self._stopping.is_set():
+                self._park(job, claim, "retrying", reason="sender instance stopped before the send slot")
+                raise Retry("sender instance stopping", delay_s=1.0)
+            self._clock.sleep(min(left, STOP_CHECK_S))
+
+    def _start_call(self, job: dict, claim: Claim) -> bool:
+        """Check the run again after the wait and renew the lease for the call; return False to not send."""
+        run = self._db.runs.find_one({"_id": job["run_id"]}, {"status": 1})
+        if not self._run_allows(job, claim, run["status"]):
+            return False
+        now = self._clock.now()
+        renewed = self._db.messages.find_one_and_update(
+            {"_id": job["message_id"], "claim_token": claim.token, "status": "sending"},
+            {"$set": {"claim_until": now + self._lease, "call_started_at": now}, "$min": {"first_call_at": now}},
+        )
+        if renewed is None:
+            logger.warning("lost the claim while waiting for the send slot; not sending")
+            return False
+        return True
+
+    def _call_twilio(self, job: dict, claim: Claim, tenant: Tenant, usage_id: str, attempt: int) -> None:
         callback = f"{self._callback_base}/twilio/status/{job['tenant_id']}/{job['message_id']}"
+        self._checkpoint("calling")
+        started = self._clock.time()
         try:
             created = self._twilio(tenant).create_message(
                 to=job["to"], from_=None if tenant.messaging_service_sid else tenant.sender_number,
@@ -148,59 +278,88 @@ class Sender:
                 body=job["body"], status_callback=callback,
             )
         except TwilioUnavailable as error:
-            # The call may have reached Twilio: keep the claim so its lease lapses and
-            # the next attempt reconciles before sending.
-            self._release_allowance(tenant)
-            raise Retry(f"Twilio did not answer: {error}", delay_s=self._lease.total_seconds()) from None
-        except TwilioError as error:
-            self._release_allowance(tenant)
-            self._on_twilio_error(job, claim, tenant, error)
+            # The call may have reached Twilio, so the allowance stays used and the claim stays:
+            # when its lease lapses, the next attempt reconciles before sending.
+            self._retry_unknown(job, claim, attempt, f"Twilio did not answer: {error}")
             return
+        except TwilioError as error:
+            self._release_allowance(usage_id)
+            self._on_twilio_error(job, claim, tenant, error, attempt)
+            return
+        self.latency.observe(self._clock.time() - started)
+        self._checkpoint("answered")
         self._record_sent(job, claim, created.sid)
+        self._checkpoint("recorded")
+
+    def _retry_unknown(self, job: dict, claim: Claim, attempt: int, reason: str) -> None:
+        """Raise Retry to come back after the claim's lease lapsed, keeping the claim.
+
+        On the broker's last attempt, record the text as failed instead and return.
+        """
+        if attempt < self._broker.max_attempts:
+            raise Retry(reason, delay_s=self._lease.total_seconds())
+        self._finish(job, claim, "failed", reason=f"{reason}; gave up after {attempt} attempts, "
+                                                  "and the last one may have reached Twilio")
+
+    # Recording
 
     def _record_sent(self, job: dict, claim: Claim, sid: str) -> None:
         now = self._clock.now()
-        recorded = self._db.messages.find_one_and_update(
+        before = self._db.messages.find_one_and_update(
             {"_id": job["message_id"], "claim_token": claim.token, "status": "sending"},
-            {"$set": {"status": "sent", "sid": sid, "sent_at": now}, "$unset": {"claim_token": "", "claim_until": ""}},
+            {"$set": {"status": "sent", "sid": sid, "sent_at": now}, "$unset": _unset(CLAIM_FIELDS)},
         )
-        if recorded is None:
+        if before is None:
             # A status callback got here first and moved the status on; keep its status.
-            recorded = self._db.messages.find_one_and_update(
+            before = self._db.messages.find_one_and_update(
                 {"_id": job["message_id"], "claim_token": claim.token},
-                {"$set": {"sid": sid, "sent_at": now}, "$unset": {"claim_token": "", "claim_until": ""}},
+                {"$set": {"sid": sid, "sent_at": now}, "$unset": _unset(CLAIM_FIELDS)},
             )
-        if recorded is None:
+        if before is None:
             logger.warning("claim lost before the send was recorded (sid %s); the next attempt reconciles", sid)
             return
-        self._progress.count(job["run_id"], sent=1)
+        if before.get("sent_at") is None:
+            self._progress.count(job["run_id"], sent=1)
         logger.info("sent as %s", sid)
 
-    def _on_twilio_error(self, job: dict, claim: Claim, tenant: Tenant, error: TwilioError) -> None:
+    def _on_twilio_error(self, job: dict, claim: Claim, tenant: Tenant, error: TwilioError, attempt: int) -> None:
         outcome = outcomes.classify(error.code, error.http_status, toll_free=tenant.sender_kind == "toll-free")
         logger.warning("Twilio answered %s (HTTP %s): %s", error.code, error.http_status, outcome.action)
         if outcome.action == outcomes.OPT_OUT:
-            self._record_opt_out(job, claim)
+            self._record_opt_out(job, claim, error.code)
         elif outcome.action == outcomes.SKIP:
             self._finish(job, claim, "skipped", reason=outcome.reason, error_code=error.code)
         elif outcome.action == outcomes.PAUSE:
             self._park(job, claim, "paused", reason=outcome.reason, error_code=error.code)
-            self._pause_campaign(job, tenant, outcome.reason)
-        elif outcome.action == outcomes.RETRY and claim.attempts < outcome.max_attempts:
-            self._park(job, claim, "retrying", reason=outcome.reason, error_code=error.code)
-            raise Retry(outcome.reason)
+            self._progress.pause(job["run_id"], outcome.reason, notifier=self._notifier)
+            self._republish_if_resumed(job)
+        elif outcome.action == outcomes.RETRY:
+            self._retry_after_error(job, claim, tenant, outcome, error.code, attempt)
         else:
             self._finish(job, claim, "failed", reason=outcome.reason, error_code=error.code)
 
-    def _record_opt_out(self, job: dict, claim: Claim) -> None:
+    def _retry_after_error(self, job: dict, claim: Claim, tenant: Tenant, outcome: outcomes.Outcome,
+                           code: int | None, attempt: int) -> None:
+        if outcome.slow_down:
+            self._pacer.slow_down(_pacing_key(tenant), factor=SLOW_DOWN_FACTOR, duration_s=SLOW_DOWN_S)
+        limit = min(outcome.max_attempts, self._broker.max_attempts)
+        if attempt >= limit:
+            self._finish(job, claim, "failed", reason=f"{outcome.reason}; gave up after {attempt} attempts",
+                         error_code=code)
+            return
+        self._park(job, claim, "retrying", reason=outcome.reason, error_code=code)
+        raise Retry(outcome.reason, delay_s=backoff_s(attempt, outcome.first_delay_s, rng=self._rng))
+
+    def _record_opt_out(self, job: dict, claim: Claim, code: int | None) -> None:
         now = self._clock.now()
         self._db.optouts.update_one(
             {"_id": f"{job['tenant_id']}:{job['to']}"},
-            {"$set": {"tenant_id": job["tenant_id"], "number": job["to"], "opted_out_at": now, "source": "twilio-21610"},
+            {"$set": {"tenant_id": job["tenant_id"], "number": job["to"], "opted_out_at": now,
+                      "source": f"twilio-{code}"},
              "$addToSet": {"member_ids": job["member_id"]}},
             upsert=True,
         )
-        if self._finish(job, claim, "opted_out", reason="opted out (replied STOP)", error_code=21610):
+        if self._finish(job, claim, "opted_out", reason="opted out (replied STOP)", error_code=code):
             self._broker.publish(QUEUE_IMIS, {
                 "kind": "textunsub", "tenant_id": job["tenant_id"], "number": job["to"],
                 "member_ids": [job["member_id"]], "sent_at": now.isoformat(), "message_id": job["message_id"],
@@ -210,22 +369,19 @@ class Sender:
         done = self._db.messages.find_one_and_update(
             {"_id": job["message_id"], "claim_token": claim.token},
             {"$set": {"status": status, "reason": reason, "error_code": error_code, "finished_at": self._clock.now()},
-             "$unset": {"claim_token": "", "claim_until": ""}},
+             "$unset": _unset(CLAIM_FIELDS)},
         )
         if done is not None:
             self._progress.count_final(job["run_id"], status)
         return done is not None
 
-    def _park(self, job: dict, claim: Claim, status: str, *, reason: str | None = None, error_code: int | None = None) -> None:
+    def _park(self, job: dict, claim: Claim, status: str, **details) -> None:
         """Set a message aside (paused, deferred, retrying) with its job, to be sent later."""
-        self._release(job, claim, status, reason=reason, error_code=error_code)
-
-    def _release(self, job: dict, claim: Claim, status: str, **details) -> None:
         fields = {"status": status, "job": job}
         fields.update({key: value for key, value in details.items() if value is not None})
         self._db.messages.update_one(
             {"_id": job["message_id"], "claim_token": claim.token},
-            {"$set": fields, "$unset": {"claim_token": "", "claim_until": ""}},
+            {"$set": fields, "$unset": _unset(CLAIM_FIELDS)},
         )
 
     def _republish_if_resumed(self, job: dict) -> None:
@@ -235,46 +391,43 @@ class Sender:
             parked = self._db.messages.find_one_and_update({"_id": job["message_id"], "status": "paused"},
                                                            {"$set": {"status": "retrying"}})
             if parked is not None:
-                self._broker.publish(QUEUE_JOBS, job, message_id=job["message_id"])
+                self._broker.publish(tenant_jobs_queue(job["tenant_id"]), job, message_id=job["message_id"])
 
-    def _pause_campaign(self, job: dict, tenant: Tenant, reason: str) -> None:
-        paused = self._db.runs.find_one_and_update(
-            {"_id": job["run_id"], "status": {"$in": ["expanding", "sending"]}},
-            {"$set": {"status": "paused", "paused_reason": reason}},
-        )
-        self._db.campaigns.update_one({"_id": job["campaign_id"], "tenant_id": tenant.cloud_id, "status": "sending"},
-                                      {"$set": {"status": "paused"}})
-        if paused is not None:
-            campaign = self._db.campaigns.find_one({"_id": job["campaign_id"], "tenant_id": tenant.cloud_id}) or {}
-            self._notifier.notify(
-                tenant_id=tenant.cloud_id, recipients=[tenant.default_email, campaign.get("email", "")],
-                subject=f"Text Manager paused the campaign {campaign.get('name', job['campaign_id'])!r}",
-                text=f"Sending stopped because {reason}. Fix the cause, then resume the campaign in Text Manager.",
-                dedupe_key=f"pause:{job['run_id']}",
-            )
+    # Daily allowance
 
-    def _reserve_daily_allowance(self, tenant: Tenant) -> bool:
+    def _reserve_daily_allowance(self, tenant: Tenant) -> str | None:
+        """Take one text from today's allowance; return the usage document's id, or None when used up."""
         day = self._clock.now().astimezone(ZoneInfo(tenant.timezone)).date().isoformat()
+        usage_id = f"{tenant.cloud_id}:{day}"
+        query = {"_id": usage_id, "count": {"$lt": tenant.daily_limit}}
+        increment = {"$inc": {"count": 1}}
         try:
             self._db.usage.find_one_and_update(
-                {"_id": f"{tenant.cloud_id}:{day}", "count": {"$lt": tenant.daily_limit}},
-                {"$inc": {"count": 1}, "$setOnInsert": {"tenant_id": tenant.cloud_id, "day": day}}, upsert=True,
-            )
-            return True
+                query, {**increment, "$setOnInsert": {"tenant_id": tenant.cloud_id, "day": day}}, upsert=True)
+            return usage_id
         except DuplicateKeyError:
-            return False
+            # Either the day's document is full, or another instance inserted it first.
+            taken = self._db.usage.find_one_and_update(query, increment, return_document=ReturnDocument.AFTER)
+            return usage_id if taken is not None else None
 
-    def _next_midnight(self, tenant: Tenant):
+    def _release_allowance(self, usage_id: str) -> None:
+        self._db.usage.update_one({"_id": usage_id, "count": {"$gt": 0}}, {"$inc": {"count": -1}})
+
+    def _next_midnight(self, tenant: Tenant) -> datetime:
         local = self._clock.now().astimezone(ZoneInfo(tenant.timezone))
         tomorrow = datetime.combine(local.date() + timedelta(days=1), time(0, 0), tzinfo=local.tzinfo)
         return tomorrow.astimezone(timezone.utc)
 
-    def _release_allowance(self, tenant: Tenant) -> None:
-        day = self._clock.now().astimezone(ZoneInfo(tenant.timezone)).date().isoformat()
-        self._db.usage.update_one({"_id": f"{tenant.cloud_id}:{day}", "count": {"$gt": 0}}, {"$inc": {"count": -1}})
-
     def _twilio(self, tenant: Tenant):
         return self._twilio_factory(tenant.twilio_account_sid, tenant.twilio_auth_token)
+
+
+def _pacing_key(tenant: Tenant) -> str:
+    return f"{tenant.cloud_id}:{tenant.sender_number}"
+
+
+def _unset(names: tuple[str, ...]) -> dict:
+    return {name: "" for name in names}
 
 
 def _validate_job(body: object) -> dict:
