@@ -16,6 +16,7 @@ from services.gateway.auth import SessionStore
 from services.gateway.dashboard import dashboard
 from services.gateway.errors import ApiError
 from services.gateway.openapi import build_spec
+from services.gateway.schedules import schedules
 from services.gateway.service import CampaignService
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     )
     app.register_blueprint(api)
     app.register_blueprint(dashboard)
+    app.register_blueprint(schedules)
     _register_pages(app, runtime)
     _register_errors(app)
     _register_request_ids(app)

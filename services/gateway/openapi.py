@@ -7,7 +7,9 @@ import functools
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from services.gateway import schemas
+from services.gateway import dashboard_schemas, schedules, schemas
+
+SCHEMA_MODULES = (schemas, dashboard_schemas, schedules)
 
 # (method, path, summary, request schema, response status, response schema)
 OPERATIONS = [
@@ -27,6 +29,15 @@ OPERATIONS = [
     ("post", "/api/texts/measure", "Encoding and segments of a text", "MeasureIn", 200, "MeasureOut"),
     ("post", "/api/phone-numbers/check", "Normalise and check a number", "PhoneCheckIn", 200, "PhoneCheckOut"),
     ("get", "/api/openapi.json", "This OpenAPI description", None, 200, None),
+    ("get", "/api/dashboard", "Texts sent, the daily allowance and campaigns by stage", None, 200, "DashboardOut"),
+    ("get", "/api/notices", "E-mail notices sent to the administrator", None, 200, "NoticesOut"),
+    ("get", "/api/archive", "Archived campaigns", None, 200, "ArchiveOut"),
+    ("post", "/api/campaigns/{campaign_id}/archive", "Archive a finished campaign", None, 200, "ArchivedCampaignOut"),
+    ("post", "/api/campaigns/{campaign_id}/unarchive", "Bring back an archived campaign", None, 200,
+     "ArchivedCampaignOut"),
+    ("put", "/api/campaigns/{campaign_id}/schedule", "Make a campaign recur", "ScheduleIn", 200, "ScheduleOut"),
+    ("get", "/api/campaigns/{campaign_id}/schedule", "A campaign's recurring schedule", None, 200, "ScheduleOut"),
+    ("delete", "/api/campaigns/{campaign_id}/schedule", "Stop a recurring schedule", None, 200, "ScheduleOut"),
 ]
 
 # Operations that need no session: signing in, and reading this description.
@@ -43,7 +54,8 @@ def build_spec() -> dict:
         "error": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}})
     spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "tm_session"})
     for name in SCHEMA_NAMES:
-        spec.components.schema(name, schema=getattr(schemas, name))
+        if name not in spec.components.schemas:  # a nested schema may already be registered by its parent
+            spec.components.schema(name, schema=_schema_class(name))
     paths: dict[str, dict] = {}
     for method, path, summary, request_schema, status, response_schema in OPERATIONS:
         operation = _operation(path, summary, request_schema, status, response_schema)
@@ -53,6 +65,13 @@ def build_spec() -> dict:
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     return spec.to_dict()
+
+
+def _schema_class(name: str) -> type:
+    for module in SCHEMA_MODULES:
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise LookupError(f"no schema named {name} in the gateway's schema modules")
 
 
 def _operation(path: str, summary: str, request_schema: str | None, status: int, response_schema: str | None) -> dict:
