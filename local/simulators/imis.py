@@ -229,6 +229,8 @@ class _Failure:
     path_prefix: str
     status: int
     remaining: int
+    # Matching requests still to let through before the first failure.
+    passes: int = 0
 
 
 @dataclass
@@ -388,23 +390,28 @@ class ImisSimulator:
         with self._lock:
             self._state.tokens.clear()
 
-    def fail_next(self, path_prefix: str, status: int, count: int = 1) -> None:
-        """Respond to the next `count` requests under `path_prefix` with `status`.
+    def fail_next(self, path_prefix: str, status: int, count: int = 1, *, after: int = 0) -> None:
+        """Respond to `count` requests under `path_prefix` with `status`, once `after` more have passed.
 
         The prefix is matched against the path below the virtual directory, such as
-        "/api/query" or "/token".
+        "/api/query" or "/token". With `after`, the failures start in the middle of
+        a series of calls, such as on the third page of a query.
         """
         with self._lock:
-            self._state.failures.append(_Failure(path_prefix, status, count))
+            self._state.failures.append(_Failure(path_prefix, status, count, passes=after))
 
     # -- used by the routes
 
     def _take_failure(self, path: str) -> int | None:
         with self._lock:
             for failure in self._state.failures:
-                if path.startswith(failure.path_prefix) and failure.remaining > 0:
-                    failure.remaining -= 1
-                    return failure.status
+                if not path.startswith(failure.path_prefix) or failure.remaining <= 0:
+                    continue
+                if failure.passes > 0:
+                    failure.passes -= 1
+                    continue
+                failure.remaining -= 1
+                return failure.status
             return None
 
     def _record_request(self, entry: dict) -> None:
