@@ -1,107 +1,211 @@
-"""Turn IQA rows into send jobs: normalise, de-duplicate, filter opt-outs, render, measure."""
+"""The per-row work of a run, shared by the pipeline and the preview: check, de-duplicate, render, measure."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
-from libs.common.phones import check_number
-from libs.common.texts import Template, measure, smart_encode
+from libs.common.imis import MAX_PAGE_SIZE, QueryPage
+from libs.common.phones import PhoneCheck, check_number
+from libs.common.texts import Template, TemplateError, render_and_measure
+from services.recipients.errors import CampaignSetupError
 
 DUPLICATE_NUMBER = "duplicate number"
 OPTED_OUT = "opted out"
 EMPTY_TEXT = "the text is empty for this member"
 TOO_LONG = "the text is longer than 1,600 characters for this member"
 
+DEFAULT_PHONE_COLUMN = "Mobile"
+DEFAULT_ID_COLUMN = "ID"
+PAGE_SIZE = MAX_PAGE_SIZE
+
+# Order of the values of a staged job. `run_pages` stores each job as a list in this
+# order rather than as a dict, which keeps the page documents about half as large.
+STAGED_JOB_FIELDS = ("member_id", "to", "body", "segments", "encoding")
+
+# Takes the valid numbers of one page and returns those on the tenant's opt-out list.
+OptOutLookup = Callable[[list[str]], set[str]]
+
 
 @dataclass
 class PageResult:
-    """What one IQA page produced: jobs to send and rows skipped with their reason."""
+    """What one IQA page produced: staged jobs, and rows skipped with their reason."""
 
-    jobs: list[dict] = field(default_factory=list)
+    jobs: list[list] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     segments: int = 0
     encodings: dict[str, int] = field(default_factory=dict)
 
+    def skipped_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.skipped:
+            counts[row["reason"]] = counts.get(row["reason"], 0) + 1
+        return counts
+
 
 class RowProcessor:
-    """The per-row work of a run, shared by the pipeline and the preview.
+    """Turn IQA rows into staged jobs: check the number, de-duplicate, render, measure.
 
-    `seen` maps each normalised number already taken in this run to its member id, so
-    a number gets one text however often it appears, and a row that offset paging
-    repeated (same member, same number) is counted once.
+    One processor follows one run from its first page to its last. `seen` maps each
+    number already given a text to its member id, so a number gets one text however
+    often it appears, and a row that offset paging repeated (same member, same number)
+    is counted once instead of being reported as a duplicate.
     """
 
-    def __init__(self, *, template: Template, default_country: str, phone_column: str, id_column: str,
-                 smart_encoding: bool, job_base: Mapping[str, str]):
-        self._template = template
-        self._country = default_country
-        self._phone_column = phone_column
-        self._id_column = id_column
-        self._smart = smart_encoding
-        self._job_base = dict(job_base)
+    def __init__(self, *, template: Template, default_country: str, phone_column: str = DEFAULT_PHONE_COLUMN,
+                 id_column: str = DEFAULT_ID_COLUMN, smart_encoding: bool = False):
+        self.template = template
+        self.default_country = default_country
+        self.phone_column = phone_column
+        self.id_column = id_column
+        self.smart_encoding = smart_encoding
         self.seen: dict[str, str] = {}
-        self.seen_skipped: set[tuple[str, str]] = set()
+        self._reported: set[tuple[str, str, str]] = set()
 
-    def process(self, rows: Iterable[Mapping[str, object]], opted_out: set[str]) -> PageResult:
+    def process(self, rows: Iterable[Mapping[str, object]], find_opted_out: OptOutLookup) -> PageResult:
+        """Return the jobs and skipped rows of one page, in row order."""
+        checked = [(row, check_number(_cell(row, self.phone_column), self.default_country)) for row in rows]
+        numbers = [check.e164 for _, check in checked if check.sendable]
+        opted_out = find_opted_out(numbers) if numbers else set()
+
         result = PageResult()
-        for row in rows:
-            self._process_row(row, opted_out, result)
+        for row, check in checked:
+            self._process_row(row, check, opted_out, result)
         return result
 
-    def numbers_of(self, rows: Iterable[Mapping[str, object]]) -> list[str]:
-        """Return the valid normalised numbers of rows, for the opt-out look-up."""
-        numbers = []
-        for row in rows:
-            check = check_number(_cell(row, self._phone_column), self._country)
-            if check.e164:
-                numbers.append(check.e164)
-        return numbers
+    def restore(self, jobs: Iterable[Sequence], skipped: Iterable[Mapping]) -> None:
+        """Take back the state of pages staged before a restart: their jobs and skipped rows."""
+        for job in jobs:
+            self.seen[job[1]] = job[0]
+        for row in skipped:
+            self._reported.add((row["member_id"], row["raw"], row["reason"]))
 
-    def _process_row(self, row: Mapping[str, object], opted_out: set[str], result: PageResult) -> None:
-        member_id = str(_cell(row, self._id_column) or "")
-        raw = _cell(row, self._phone_column)
-        check = check_number(raw, self._country)
+    def _process_row(self, row: Mapping[str, object], check: PhoneCheck, opted_out: set[str],
+                     result: PageResult) -> None:
+        member_id = _text(_cell(row, self.id_column))
         if not check.sendable:
-            self._skip(result, member_id, raw, check.e164, check.reason)
+            self._skip(result, member_id, check, check.reason)
             return
         number = check.e164
-        if number in self.seen:
-            if self.seen[number] != member_id:
-                self._skip(result, member_id, raw, number, DUPLICATE_NUMBER)
-            return
         if number in opted_out:
-            self.seen[number] = member_id
-            self._skip(result, member_id, raw, number, OPTED_OUT)
+            self._skip(result, member_id, check, OPTED_OUT)
+            return
+        owner = self.seen.get(number)
+        if owner is not None:
+            if owner != member_id:
+                self._skip(result, member_id, check, DUPLICATE_NUMBER)
             return
 
-        body = self._template.render(row)
-        if self._smart:
-            body = smart_encode(body)
-        measured = measure(body)
+        body, measured = render_and_measure(self.template, row, self.smart_encoding)
         if measured.segments == 0 or measured.too_long:
-            self._skip(result, member_id, raw, number, EMPTY_TEXT if measured.segments == 0 else TOO_LONG)
+            self._skip(result, member_id, check, EMPTY_TEXT if measured.segments == 0 else TOO_LONG)
             return
         self.seen[number] = member_id
-        result.jobs.append(dict(self._job_base, message_id=f"{self._job_base['run_id']}:{number}", member_id=member_id,
-                                to=number, body=body, segments=measured.segments, encoding=measured.encoding))
+        result.jobs.append([member_id, number, body, measured.segments, measured.encoding])
         result.segments += measured.segments
         result.encodings[measured.encoding] = result.encodings.get(measured.encoding, 0) + 1
 
-    def _skip(self, result: PageResult, member_id: str, raw: object, number: str | None, reason: str) -> None:
-        key = (member_id, reason)
-        if key in self.seen_skipped:
+    def _skip(self, result: PageResult, member_id: str, check: PhoneCheck, reason: str) -> None:
+        key = (member_id, check.raw, reason)
+        if key in self._reported:
             return
-        self.seen_skipped.add(key)
-        result.skipped.append({"member_id": member_id, "raw": "" if raw is None else str(raw), "e164": number, "reason": reason})
+        self._reported.add(key)
+        result.skipped.append({"member_id": member_id, "raw": check.raw, "e164": check.e164, "reason": reason})
+
+
+def build_processor(campaign: Mapping, default_country: str) -> RowProcessor:
+    """Return the row processor of a campaign.
+
+    Raises CampaignSetupError when the text's merge fields cannot be parsed.
+    """
+    try:
+        template = Template.parse(campaign["body"])
+    except TemplateError as error:
+        raise CampaignSetupError(f"The text of the campaign cannot be used. {error}") from None
+    return RowProcessor(template=template, default_country=default_country,
+                        phone_column=campaign.get("phone_column") or DEFAULT_PHONE_COLUMN,
+                        id_column=campaign.get("id_column") or DEFAULT_ID_COLUMN,
+                        smart_encoding=bool(campaign.get("smart_encoding")))
+
+
+def campaign_pages(imis, campaign: Mapping, *, page_size: int = PAGE_SIZE, start_offset: int = 0) -> Iterator[QueryPage]:
+    """Return the pages of the campaign's IQA from `start_offset`, with its prompts passed through."""
+    return imis.iter_query_pages(campaign["iqa_path"], prompts=campaign.get("prompts") or None,
+                                 page_size=page_size, start_offset=start_offset)
+
+
+def process_pages(pages: Iterable[QueryPage], processor: RowProcessor, campaign: Mapping,
+                  find_opted_out: OptOutLookup, *, first_page_no: int = 0) -> Iterator[tuple[int, QueryPage, PageResult]]:
+    """Yield (page number, page, result) for each page; the first page's columns are checked first.
+
+    Raises CampaignSetupError when the query lacks a column the campaign needs.
+    """
+    for page_no, page in enumerate(pages, start=first_page_no):
+        if page_no == 0:
+            check_columns(campaign, processor.template, page.rows)
+        yield page_no, page, processor.process(page.rows, find_opted_out)
+
+
+def check_columns(campaign: Mapping, template: Template, rows: Iterable[Mapping[str, object]]) -> None:
+    """Raise CampaignSetupError when the rows lack a column that the campaign uses.
+
+    The columns are the keys of all the given rows, compared without regard to case as
+    iMIS compares aliases. Without rows there is nothing to send, so nothing to check.
+    """
+    columns = _columns_of(rows)
+    if not columns:
+        return
+    path = campaign["iqa_path"]
+    folded = {column.casefold() for column in columns}
+    problems = []
+
+    missing = template.missing_fields(columns)
+    if missing:
+        names = ", ".join("{" + name + "}" for name in missing)
+        problems.append(f"The text uses {names}, which the query {path} does not return: add "
+                        f"{'them' if len(missing) > 1 else 'it'} to the IQA or change the text.")
+    for role, setting, default in (("phone numbers", "phone_column", DEFAULT_PHONE_COLUMN),
+                                   ("member IDs", "id_column", DEFAULT_ID_COLUMN)):
+        column = campaign.get(setting) or default
+        if column.casefold() not in folded:
+            problems.append(f"The campaign takes {role} from the column {column}, which the query {path} does not "
+                            f"return: add it to the IQA or pick one of the query's columns in the campaign.")
+    if problems:
+        problems.append(f"The query's columns are {', '.join(columns)}.")
+        raise CampaignSetupError(" ".join(problems))
+
+
+def segment_limit_message(segments: int, limit: int) -> str:
+    """Return what staff read when a run needs more segments than one run may send."""
+    return (f"This run needs {segments:,} segments, more than the limit of {limit:,} per run, so it does not "
+            "start: narrow the IQA, split the campaign, or shorten the text.")
+
+
+def build_job(job_base: Mapping[str, str], staged: Sequence) -> dict:
+    """Return the `tm.jobs` body of a staged job; `job_base` holds tenant_id, campaign_id and run_id."""
+    job = dict(job_base)
+    job.update(zip(STAGED_JOB_FIELDS, staged))
+    job["message_id"] = f"{job_base['run_id']}:{job['to']}"
+    return job
+
+
+def _columns_of(rows: Iterable[Mapping[str, object]]) -> list[str]:
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return list(columns)
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _cell(row: Mapping[str, object], column: str) -> object:
     """Return a row's value for a column, matching the alias without regard to case as iMIS does."""
     if column in row:
         return row[column]
-    lowered = column.lower()
+    folded = column.casefold()
     for key, value in row.items():
-        if key.lower() == lowered:
+        if key.casefold() == folded:
             return value
     return None

@@ -3,50 +3,57 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
-from pymongo import ReturnDocument
 from pymongo.database import Database
 
-from libs.common.broker import QUEUE_JOBS, Reject, Retry
+from libs.common.broker import QUEUE_JOBS, Reject, Retry, tenant_jobs_queue
 from libs.common.imis import ImisError, ImisUnavailable
 from libs.common.logs import log_context
 from libs.common.progress import RunProgress
 from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
-from libs.common.texts import Template, TemplateError
-from services.recipients.expansion import PageResult, RowProcessor
+from services.recipients.errors import CampaignSetupError, ExpansionSuperseded, RunFailed
+from services.recipients.expansion import (
+    PAGE_SIZE, RowProcessor, build_job, build_processor, campaign_pages, process_pages, segment_limit_message,
+)
+from services.recipients.prefetch import prefetched
+from services.recipients.repository import ExpansionStore
 
 logger = logging.getLogger(__name__)
 
-PAGE_SIZE = 500
+# Jobs per publish_many call. Each call opens a connection and waits for every
+# confirm, so larger batches publish faster; 5,000 jobs hold about 5 MB in memory.
+PUBLISH_BATCH_JOBS = 5000
+# Deliveries of a run message that may end in "iMIS unavailable" before the run fails.
+# Each one already retried inside the iMIS client with bounded backoff.
 MAX_UNAVAILABLE_ATTEMPTS = 3
-
-
-class RunFailed(Exception):
-    """The run cannot go ahead; the message tells staff what to change."""
 
 
 class RunExpander:
     """Consume `tm.runs`: stage every IQA page, check the limits, then publish the jobs.
 
     Staging stores each processed page as one `run_pages` document and moves a
-    checkpoint on the run, so the store sees a few writes per page rather than one per
-    recipient. Publishing moves a second checkpoint after the broker confirms each
-    page. A redelivered run resumes at the checkpoints; a page published twice is
-    harmless because message ids are `{run_id}:{number}`.
+    checkpoint on the run, so staging makes two store calls per page (page and
+    checkpoint) and none per recipient. Publishing reads the pages back
+    in batches and moves a second checkpoint after the broker confirmed each batch,
+    then drops the published jobs from their pages. A redelivered run resumes at the
+    checkpoints. A batch published twice still gives one text per number, because
+    message ids are `{run_id}:{number}` and the sender sends each id once.
     """
 
     def __init__(self, db: Database, *, broker, tenants: TenantRepository, imis_factory, notifier, clock,
-                 page_size: int = PAGE_SIZE):
-        self._db = db
+                 page_size: int = PAGE_SIZE, publish_batch: int = PUBLISH_BATCH_JOBS):
+        self._store = ExpansionStore(db, clock)
         self._broker = broker
         self._tenants = tenants
         self._imis_factory = imis_factory
         self._notifier = notifier
-        self._clock = clock
         self._page_size = page_size
+        self._publish_batch = publish_batch
         self._progress = RunProgress(db, clock)
 
     def handle(self, delivery) -> None:
+        """Expand the run named by a `tm.runs` message; raise Reject when the message is invalid."""
         body = delivery.body
         if not isinstance(body, dict) or not all(isinstance(body.get(key), str) for key in ("tenant_id", "run_id")):
             raise Reject("run message needs string tenant_id and run_id")
@@ -54,168 +61,144 @@ class RunExpander:
             self.expand(body["tenant_id"], body["run_id"], attempt=delivery.attempt)
 
     def expand(self, tenant_id: str, run_id: str, *, attempt: int = 1) -> None:
-        """Stage and publish a run; a run past expansion is left alone."""
-        run = self._db.runs.find_one_and_update(
-            {"_id": run_id, "tenant_id": tenant_id, "status": {"$in": ["queued", "expanding"]}},
-            {"$set": {"status": "expanding", "expansion_started_at": self._clock.now()}},
-            return_document=ReturnDocument.AFTER,
-        )
+        """Stage and publish a run, resuming where an earlier delivery stopped.
+
+        A run that needs no expansion is left alone. Raises Retry while iMIS is
+        unavailable (the run fails after MAX_UNAVAILABLE_ATTEMPTS deliveries), and
+        Reject for an unknown tenant.
+        """
+        token = uuid.uuid4().hex
+        run = self._store.claim(tenant_id, run_id, token)
         if run is None:
             logger.info("run is not waiting for expansion; nothing to do")
             return
         try:
-            tenant = self._tenants.get(tenant_id)
-            campaign = self._db.campaigns.find_one({"_id": run["campaign_id"], "tenant_id": tenant_id})
-            if campaign is None:
-                raise RunFailed("the campaign of this run no longer exists")
-            self._stage(run, campaign, tenant)
-            run = self._check_limits(run_id, tenant)
-            self._publish(run)
-        except RunFailed as failure:
-            self._fail(run, str(failure))
+            self._expand_claimed(run, token)
+        except ExpansionSuperseded as stopped:
+            logger.info("expansion stopped: %s", stopped)
+        except (CampaignSetupError, ImisError, RunFailed) as failure:
+            self._on_failure(run, token, failure, attempt)
         except TenantNotFound:
             raise Reject(f"unknown tenant {tenant_id!r}") from None
-        except ImisUnavailable as error:
-            if attempt >= MAX_UNAVAILABLE_ATTEMPTS:
-                self._fail(run, f"iMIS did not answer after {attempt} attempts: {error.message}")
-                return
-            raise Retry(f"iMIS unavailable: {error.message}") from None
-        except ImisError as error:
-            self._fail(run, error.message)
+        except Exception as error:
+            if attempt >= self._broker.max_attempts:
+                logger.exception("expansion failed on the last delivery of the run message")
+                self._fail(run, token, f"Text Manager failed while preparing the texts ({type(error).__name__}). "
+                                       "Send the campaign again; if it fails again, contact support.")
+            raise
 
-    def _stage(self, run: dict, campaign: dict, tenant: Tenant) -> None:
-        if run.get("staged"):
-            return
-        processor = self._processor(run, campaign, tenant)
-        page_no = run.get("stage_page_no", 0)
-        self._restore_seen(run["_id"], page_no, processor)
-        imis = self._imis_factory(tenant)
-        if page_no == 0:
-            self._check_merge_fields(imis, campaign, processor)
-        start_offset = run.get("stage_offset", 0)
-        pages = [] if start_offset is None else imis.iter_query_pages(
-            campaign["iqa_path"], prompts=campaign.get("prompts") or None,
-            page_size=self._page_size, start_offset=start_offset,
-        )
-        for page in pages:
-            opted_out = self._opted_out(tenant.cloud_id, processor.numbers_of(page.rows))
-            result = processor.process(page.rows, opted_out)
-            self._store_page(run, page_no, result, next_offset=page.next_offset if page.has_next else None)
-            page_no += 1
-        self._db.runs.update_one({"_id": run["_id"]}, {"$set": {"staged": True, "page_count": page_no}})
+    def _expand_claimed(self, run: dict, token: str) -> None:
+        tenant = self._tenants.get(run["tenant_id"])
+        campaign = self._store.campaign(run)
+        if campaign is None:
+            raise RunFailed("The campaign of this run no longer exists.")
+        if not run.get("staged"):
+            run = self._stage(run, campaign, tenant, token)
+        self._check_limits(run, tenant)
+        self._publish(run, token)
 
-    def _processor(self, run: dict, campaign: dict, tenant: Tenant) -> RowProcessor:
-        try:
-            template = Template.parse(campaign["body"])
-        except TemplateError as error:
-            raise RunFailed(str(error)) from None
-        job_base = {"tenant_id": tenant.cloud_id, "campaign_id": campaign["_id"], "run_id": run["_id"]}
-        return RowProcessor(template=template, default_country=tenant.default_country,
-                            phone_column=campaign.get("phone_column") or "Mobile",
-                            id_column=campaign.get("id_column") or "ID",
-                            smart_encoding=bool(campaign.get("smart_encoding")), job_base=job_base)
+    def _on_failure(self, run: dict, token: str, failure: Exception, attempt: int) -> None:
+        if isinstance(failure, ImisUnavailable):
+            if attempt < min(MAX_UNAVAILABLE_ATTEMPTS, self._broker.max_attempts):
+                raise Retry(f"iMIS unavailable: {failure.message}") from None
+            self._fail(run, token, f"iMIS did not answer after {attempt} attempts. {failure.message}")
+        elif isinstance(failure, ImisError):
+            self._fail(run, token, failure.message)
+        elif isinstance(failure, RunFailed):
+            self._fail(run, token, str(failure), **failure.run_fields)
+        else:
+            self._fail(run, token, str(failure))
 
-    def _check_merge_fields(self, imis, campaign: dict, processor: RowProcessor) -> None:
-        template = Template.parse(campaign["body"])
-        if not template.fields:
-            return
-        columns = imis.query_columns(campaign["iqa_path"], prompts=campaign.get("prompts") or None)
-        missing = template.missing_fields(columns)
-        if missing and columns:
-            raise RunFailed(
-                f"the text uses {', '.join('{' + name + '}' for name in missing)}, which the query "
-                f"{campaign['iqa_path']} does not return (its columns: {', '.join(columns)}); "
-                "add the column to the IQA or change the text"
-            )
+    # -- staging
 
-    def _restore_seen(self, run_id: str, before_page: int, processor: RowProcessor) -> None:
-        """Rebuild the de-duplication state from pages staged before a restart."""
-        staged = self._db.run_pages.find({"run_id": run_id, "page_no": {"$lt": before_page}},
-                                         {"jobs.to": 1, "jobs.member_id": 1, "skipped": 1})
-        for page in staged:
-            for job in page.get("jobs", []):
-                processor.seen[job["to"]] = job["member_id"]
-            for row in page.get("skipped", []):
-                processor.seen_skipped.add((row["member_id"], row["reason"]))
-                if row["e164"] and row["reason"] == "opted out":
-                    processor.seen[row["e164"]] = row["member_id"]
+    def _stage(self, run: dict, campaign: dict, tenant: Tenant, token: str) -> dict:
+        processor = build_processor(campaign, tenant.default_country)
+        self._store.restore(run, processor)
+        page_count = run.get("stage_page_no", 0)
+        if run.get("stage_offset", 0) is not None:
+            page_count = self._stage_pages(run, campaign, tenant, token, processor)
+        staged = self._store.finish_staging(run, token, page_count)
+        logger.info("staged %s pages: %s recipients, %s segments, %s rows skipped", page_count,
+                    staged.get("staged_recipients", 0), staged.get("staged_segments", 0),
+                    staged.get("counts", {}).get("skipped", 0))
+        return staged
 
-    def _opted_out(self, tenant_id: str, numbers: list[str]) -> set[str]:
-        if not numbers:
-            return set()
-        found = self._db.optouts.find({"_id": {"$in": [f"{tenant_id}:{number}" for number in numbers]}}, {"number": 1})
-        return {document["number"] for document in found}
-
-    def _store_page(self, run: dict, page_no: int, result: PageResult, *, next_offset: int | None) -> None:
-        self._db.run_pages.replace_one(
-            {"_id": f"{run['_id']}:{page_no}"},
-            {"_id": f"{run['_id']}:{page_no}", "tenant_id": run["tenant_id"], "run_id": run["_id"], "page_no": page_no,
-             "jobs": result.jobs, "skipped": result.skipped, "segments": result.segments},
-            upsert=True,
-        )
-        increments = {"staged_recipients": len(result.jobs), "staged_segments": result.segments,
-                      "counts.skipped": len(result.skipped)}
-        for row in result.skipped:
-            key = "skipped_by_reason." + row["reason"].replace(".", "")
-            increments[key] = increments.get(key, 0) + 1
-        for encoding, count in result.encodings.items():
-            increments[f"encodings.{encoding}"] = count
-        self._db.runs.update_one(
-            {"_id": run["_id"]},
-            {"$set": {"stage_page_no": page_no + 1, "stage_offset": next_offset}, "$inc": increments},
-        )
-        logger.info("staged page %s: %s jobs, %s skipped", page_no, len(result.jobs), len(result.skipped))
-
-    def _check_limits(self, run_id: str, tenant: Tenant) -> dict:
-        run = self._db.runs.find_one({"_id": run_id})
+    def _stage_pages(self, run: dict, campaign: dict, tenant: Tenant, token: str, processor: RowProcessor) -> int:
+        """Stage the pages from the checkpoint to the last; return the number of pages staged in all."""
+        limit = tenant.run_segment_limit
         segments = run.get("staged_segments", 0)
-        if segments > tenant.run_segment_limit:
-            raise RunFailed(
-                f"this run needs {segments:,} segments, more than the limit of {tenant.run_segment_limit:,} per run; "
-                "narrow the IQA, split the campaign, or shorten the text"
-            )
-        return run
+        over_limit = bool(run.get("over_limit")) or segments > limit
+        next_page = run.get("stage_page_no", 0)
+        pages = campaign_pages(self._imis_factory(tenant), campaign, page_size=self._page_size,
+                               start_offset=run.get("stage_offset", 0))
+        opted_out = self._store.load_opted_out(tenant.cloud_id)
+        logger.info("staging from page %s; the tenant's opt-out list has %s numbers", next_page, len(opted_out))
 
-    def _publish(self, run: dict) -> None:
+        with prefetched(pages, name=f"iqa-pages-{run['_id'][:8]}") as fetched:
+            for page_no, page, result in process_pages(fetched, processor, campaign, opted_out.intersection,
+                                                       first_page_no=next_page):
+                segments += result.segments
+                self._store.stage_page(run, token, page_no, result,
+                                       next_offset=page.next_offset if page.has_next else None,
+                                       keep_jobs=not over_limit, over_limit=segments > limit)
+                over_limit = over_limit or segments > limit
+                next_page = page_no + 1
+                logger.debug("staged page %s: %s jobs, %s skipped", page_no, len(result.jobs), len(result.skipped))
+        return next_page
+
+    def _check_limits(self, run: dict, tenant: Tenant) -> None:
+        segments = run.get("staged_segments", 0)
+        if run.get("over_limit") or segments > tenant.run_segment_limit:
+            raise RunFailed(segment_limit_message(segments, tenant.run_segment_limit), segments=segments)
+
+    # -- publishing
+
+    def _publish(self, run: dict, token: str) -> None:
+        job_base = {"tenant_id": run["tenant_id"], "campaign_id": run["campaign_id"], "run_id": run["_id"]}
+        queue = jobs_queue(run["tenant_id"])
         page_no = run.get("publish_page_no", 0)
-        while page_no < run.get("page_count", 0):
-            page = self._db.run_pages.find_one({"_id": f"{run['_id']}:{page_no}"})
-            if page and page["jobs"]:
-                self._broker.publish_many(QUEUE_JOBS, page["jobs"], message_ids=[job["message_id"] for job in page["jobs"]])
-            page_no += 1
-            self._db.runs.update_one({"_id": run["_id"]}, {"$set": {"publish_page_no": page_no}})
-        self._finish_expansion(run)
+        while page_no < run["page_count"]:
+            staged, next_page = self._store.staged_jobs(run, page_no, self._publish_batch)
+            if staged:
+                jobs = [build_job(job_base, entry) for entry in staged]
+                self._broker.publish_many(queue, jobs, message_ids=[job["message_id"] for job in jobs])
+            self._store.checkpoint_published(run, token, next_page)
+            self._store.drop_published_jobs(run, range(page_no, next_page))
+            page_no = next_page
 
-    def _finish_expansion(self, run: dict) -> None:
-        recipients = run.get("staged_recipients", 0)
-        finished = self._db.runs.find_one_and_update(
-            {"_id": run["_id"], "status": "expanding"},
-            {"$set": {"status": "sending", "expanded": True, "counts.recipients": recipients,
-                      "segments": run.get("staged_segments", 0), "expanded_at": self._clock.now()}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if finished is None:
-            self._db.runs.update_one({"_id": run["_id"]}, {"$set": {"expanded": True, "counts.recipients": recipients}})
-            finished = self._db.runs.find_one({"_id": run["_id"]})
-        logger.info("run expanded: %s recipients, %s segments, %s skipped", recipients,
-                    run.get("staged_segments", 0), run.get("counts", {}).get("skipped", 0))
+        finished = self._store.finish_expansion(run, token)
+        logger.info("run expanded: %s recipients, %s segments", finished["counts"].get("recipients", 0),
+                    finished.get("segments", 0))
         self._progress.complete_if_done(finished)
 
-    def _fail(self, run: dict, message: str) -> None:
+    # -- failing
+
+    def _fail(self, run: dict, token: str, message: str, **run_fields) -> None:
+        """Mark the run failed and send the notice to the tenant's administrator and the campaign's e-mail."""
+        campaign = self._store.fail(run, token, message, **run_fields)
+        if campaign is None:
+            logger.info("not failing the run, which another expander took over or staff stopped: %s", message)
+            return
         logger.warning("run failed: %s", message)
-        self._db.runs.update_one({"_id": run["_id"]}, {"$set": {"status": "failed", "error": message,
-                                                               "failed_at": self._clock.now()}})
-        campaign = self._db.campaigns.find_one_and_update(
-            {"_id": run["campaign_id"], "tenant_id": run["tenant_id"], "current_run_id": run["_id"]},
-            {"$set": {"status": "failed", "error": message}},
-        ) or {}
-        tenant_email = ""
         try:
-            tenant_email = self._tenants.get(run["tenant_id"]).default_email
+            admin_email = self._tenants.get(run["tenant_id"]).default_email
         except TenantNotFound:
-            pass
+            admin_email = ""
         self._notifier.notify(
-            tenant_id=run["tenant_id"], recipients=[tenant_email, campaign.get("email", "")],
+            tenant_id=run["tenant_id"], recipients=[admin_email, campaign.get("email", "")],
             subject=f"Text Manager could not send the campaign {campaign.get('name', run['campaign_id'])!r}",
-            text=f"The run did not start: {message}.", dedupe_key=f"run-failed:{run['_id']}",
+            text=f"{message}\n\nNo more texts of this run will be sent. Fix the cause, then send the campaign again.",
+            dedupe_key=f"run-failed:{run['_id']}",
         )
+
+
+def jobs_queue(tenant_id: str) -> str:
+    """Return the tenant's partition of `tm.jobs`, which the sender's workers for that tenant consume.
+
+    A Cloud ID that cannot name a queue gets `tm.jobs` itself, where the sender decides.
+    """
+    try:
+        return tenant_jobs_queue(tenant_id)
+    except ValueError:
+        logger.warning("tenant %r cannot have a job queue; publishing its jobs to %s", tenant_id, QUEUE_JOBS)
+        return QUEUE_JOBS
