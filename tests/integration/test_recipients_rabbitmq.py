@@ -1,0 +1,86 @@
+"""The recipients consumer on RabbitMQ: a failed publish mid-run, the broker's redelivery, every job once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import Counter
+
+import pytest
+
+from libs.common.broker import EXCHANGE, QUEUE_RUNS, PublishError, RabbitMQBroker, declared_queues, tenant_jobs_queue
+from libs.common.process import ConsumerGroup
+from services.recipients.service import RunExpander
+from tests.conftest import connect_rabbitmq, wait_until
+from tests.unit.test_recipients_service import FakeImis, e164, member
+
+pytestmark = pytest.mark.rabbitmq
+
+ROWS = 230
+DELAYS = (0.2, 0.4)
+
+
+@pytest.fixture
+def broker(rabbitmq_url):
+    prefix = f"test-{uuid.uuid4().hex[:12]}."
+    rabbit = RabbitMQBroker(rabbitmq_url, queue_prefix=prefix, retry_delays_s=DELAYS,
+                            connection_name=f"tm-test-recipients-{prefix}")
+    yield rabbit
+    rabbit.close()
+    with connect_rabbitmq(rabbitmq_url) as connection:
+        channel = connection.channel()
+        for name in declared_queues(DELAYS, partitions=[tenant_jobs_queue("ACME")]):
+            channel.queue_delete(prefix + name)
+        channel.exchange_delete(prefix + EXCHANGE)
+
+
+def take_jobs(broker: RabbitMQBroker) -> list[dict]:
+    jobs = []
+    with connect_rabbitmq() as connection:
+        channel = connection.channel()
+        while True:
+            method, _, payload = channel.basic_get(broker.queue_prefix + tenant_jobs_queue("ACME"), auto_ack=True)
+            if method is None:
+                return jobs
+            jobs.append(json.loads(payload))
+
+
+def test_publish_failure_redelivered_by_rabbitmq(runtime, tenant_factory, broker, monkeypatch):
+    tenant_factory()
+    db = runtime.db
+    db.campaigns.insert_one({"_id": "c1", "tenant_id": "ACME", "name": "Spring", "body": "Hi {FirstName}",
+                             "iqa_path": "$/TextManager/Members", "status": "sending", "current_run_id": "r1"})
+    db.runs.insert_one({"_id": "r1", "tenant_id": "ACME", "campaign_id": "c1", "status": "queued",
+                        "counts": {"recipients": 0, "done": 0}, "expanded": False})
+
+    publish_many = broker.publish_many
+    batches = []
+
+    def fail_second_batch(queue, bodies, *, message_ids=None):
+        batches.append(queue)
+        if len(batches) == 2:
+            raise PublishError("connection lost before the confirms")
+        return publish_many(queue, bodies, message_ids=message_ids)
+
+    monkeypatch.setattr(broker, "publish_many", fail_second_batch)
+    imis = FakeImis([member(i) for i in range(ROWS)])
+    expander = RunExpander(db, broker=broker, tenants=runtime.tenants, imis_factory=lambda tenant: imis,
+                           notifier=runtime.notifier, clock=runtime.clock, page_size=50, publish_batch=100)
+    stop = threading.Event()
+    consumers = ConsumerGroup(broker, QUEUE_RUNS, expander.handle, prefetch=1, workers=1, stop=stop,
+                              name="recipients-test").start()
+    try:
+        broker.publish(QUEUE_RUNS, {"tenant_id": "ACME", "campaign_id": "c1", "run_id": "r1"}, message_id="r1")
+        wait_until(lambda: db.runs.find_one({"_id": "r1", "expanded": True}), "the run is expanded")
+    finally:
+        stop.set()
+        consumers.join(timeout=10)
+
+    ids = Counter(job["message_id"] for job in take_jobs(broker))
+    assert len(batches) == 4
+    assert sorted(ids) == sorted(f"r1:{e164(i)}" for i in range(ROWS))
+    assert set(ids.values()) == {1}
+    assert db.runs.find_one({"_id": "r1"})["counts"]["recipients"] == ROWS
+    # The redelivered run resumed at the publish checkpoint, without reading iMIS again.
+    assert len(imis.calls) == 1
