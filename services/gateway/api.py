@@ -10,6 +10,7 @@ from libs.common.texts import measure
 from services.gateway import schemas
 from services.gateway.auth import COOKIE_NAME, login_required, sign_in
 from services.gateway.errors import InvalidInput
+from services.gateway.preview import CampaignPreview
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -84,6 +85,15 @@ def create_campaign():
 def read_campaign(campaign_id: str):
     """Return a campaign with its counts."""
     return schemas.CampaignOut().dump(_ctx().campaigns.get(g.tenant_id, campaign_id))
+
+
+@api.get("/campaigns/<campaign_id>/preview")
+@requires_session
+def preview_campaign(campaign_id: str):
+    """Return who would get a text and who not, the segments, the first texts and any warnings."""
+    runtime = _ctx().runtime
+    preview = CampaignPreview(runtime.db, tenants=runtime.tenants, imis_factory=runtime.imis, clock=runtime.clock)
+    return schemas.PreviewOut().dump(preview.build(g.tenant_id, campaign_id))
 
 
 @api.post("/campaigns/<campaign_id>/send")

@@ -167,3 +167,32 @@ class SettingsOut(Schema):
     timezone = fields.String()
     daily_limit = fields.Integer()
     run_segment_limit = fields.Integer()
+
+
+class PreviewSampleOut(Schema):
+    member_id = fields.String()
+    to = fields.String()
+    body = fields.String()
+    segments = fields.Integer()
+    encoding = fields.String()
+
+
+class PreviewWarningOut(Schema):
+    code = fields.String()
+    message = fields.String()
+
+
+class PreviewOut(Schema):
+    rows = fields.Integer()
+    recipients = fields.Integer()
+    skipped = fields.Integer()
+    skipped_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer())
+    segments = fields.Integer()
+    encoding = fields.String(allow_none=True)
+    encodings = fields.Dict(keys=fields.String(), values=fields.Integer())
+    samples = fields.List(fields.Nested(PreviewSampleOut))
+    daily_limit = fields.Integer()
+    daily_used = fields.Integer()
+    daily_remaining = fields.Integer()
+    run_segment_limit = fields.Integer()
+    warnings = fields.List(fields.Nested(PreviewWarningOut))
