@@ -38,6 +38,8 @@ OPERATIONS = [
     ("put", "/api/campaigns/{campaign_id}/schedule", "Make a campaign recur", "ScheduleIn", 200, "ScheduleOut"),
     ("get", "/api/campaigns/{campaign_id}/schedule", "A campaign's recurring schedule", None, 200, "ScheduleOut"),
     ("delete", "/api/campaigns/{campaign_id}/schedule", "Stop a recurring schedule", None, 200, "ScheduleOut"),
+    ("get", "/api/campaigns/{campaign_id}/preview", "Who would get a text, segments, first texts, warnings", None,
+     200, "PreviewOut"),
 ]
 
 # Operations that need no session: signing in, and reading this description.
