@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 
 from pymongo.database import Database
 
@@ -22,7 +23,8 @@ from services.recipients.repository import ExpansionStore
 logger = logging.getLogger(__name__)
 
 # Jobs per publish_many call. Each call opens a connection and waits for every
-# confirm, so larger batches publish faster; 5,000 jobs hold about 5 MB in memory.
+# confirm, so larger batches publish faster. Up to three batches are in memory at
+# once (one publishing, two read ahead), about 5 MB each.
 PUBLISH_BATCH_JOBS = 5000
 # Deliveries of a run message that may end in "iMIS unavailable" before the run fails.
 # Each one already retried inside the iMIS client with bounded backoff.
@@ -154,22 +156,28 @@ class RunExpander:
     # -- publishing
 
     def _publish(self, run: dict, token: str) -> None:
-        job_base = {"tenant_id": run["tenant_id"], "campaign_id": run["campaign_id"], "run_id": run["_id"]}
         queue = jobs_queue(run["tenant_id"])
-        page_no = run.get("publish_page_no", 0)
-        while page_no < run["page_count"]:
-            staged, next_page = self._store.staged_jobs(run, page_no, self._publish_batch)
-            if staged:
-                jobs = [build_job(job_base, entry) for entry in staged]
-                self._broker.publish_many(queue, jobs, message_ids=[job["message_id"] for job in jobs])
-            self._store.checkpoint_published(run, token, next_page)
-            self._store.drop_published_jobs(run, range(page_no, next_page))
-            page_no = next_page
+        batches = self._job_batches(run, run.get("publish_page_no", 0))
+        # The next batch is read and built while the broker confirms the current one.
+        with prefetched(batches, name=f"job-batches-{run['_id'][:8]}") as ready:
+            for first_page, next_page, jobs in ready:
+                if jobs:
+                    self._broker.publish_many(queue, jobs, message_ids=[job["message_id"] for job in jobs])
+                self._store.checkpoint_published(run, token, next_page)
+                self._store.drop_published_jobs(run, range(first_page, next_page))
 
         finished = self._store.finish_expansion(run, token)
         logger.info("run expanded: %s recipients, %s segments", finished["counts"].get("recipients", 0),
                     finished.get("segments", 0))
         self._progress.complete_if_done(finished)
+
+    def _job_batches(self, run: dict, page_no: int) -> Iterator[tuple[int, int, list[dict]]]:
+        """Yield (first page, page after the last, jobs) for each batch of about `publish_batch` jobs."""
+        job_base = {"tenant_id": run["tenant_id"], "campaign_id": run["campaign_id"], "run_id": run["_id"]}
+        while page_no < run["page_count"]:
+            staged, next_page = self._store.staged_jobs(run, page_no, self._publish_batch)
+            yield page_no, next_page, [build_job(job_base, entry) for entry in staged]
+            page_no = next_page
 
     # -- failing
 

@@ -318,7 +318,7 @@ def test_published_jobs_dropped_from_pages(world):
     world.expander().expand("ACME", run_id)
     pages = list(world.db.run_pages.find({"run_id": run_id}))
     assert len(pages) == 3
-    assert all("jobs" not in page for page in pages)
+    assert all("jobs_json" not in page for page in pages)
 
 
 def test_smart_encoding_switch(world):
@@ -450,9 +450,24 @@ def test_over_limit_pages_keep_no_texts(world, tenant_factory):
 
     pages = {page["page_no"]: page for page in world.db.run_pages.find({"run_id": run_id})}
     assert world.run(run_id)["segments"] == 40
-    assert len(pages[1]["jobs"]) == 10
-    assert pages[2]["jobs"] == []
-    assert pages[2]["over_limit"] == [[str(10_020 + i), e164(20 + i)] for i in range(10)]
+    assert len(json.loads(pages[1]["jobs_json"])) == 10
+    assert "jobs_json" not in pages[2]
+    assert json.loads(pages[2]["numbers_json"]) == [[str(10_020 + i), e164(20 + i)] for i in range(10)]
+
+
+def test_over_limit_restart_keeps_duplicates(world, tenant_factory):
+    tenant_factory(default_email=ADMIN_EMAIL, run_segment_limit=10)
+    world.imis.rows = [member(i) for i in range(40)] + [member(25, ID="other")]
+    world.imis.failures = {3: ImisUnavailable("down")}
+    run_id = world.create_run()
+    with pytest.raises(Retry):
+        world.expander(page_size=10).expand("ACME", run_id)
+    world.expander(page_size=10).expand("ACME", run_id, attempt=2)
+
+    run = world.run(run_id)
+    assert run["status"] == "failed"
+    assert run["segments"] == 40
+    assert run["skipped_by_reason"] == {"duplicate number": 1}
 
 
 def test_over_limit_stays_failed_after_limit_raised(world, tenant_factory):
@@ -672,7 +687,7 @@ def test_page_left_by_crashed_expander_replaced(world):
     world.imis.rows = [member(i) for i in range(20)]
     run_id = world.create_run()
     world.db.run_pages.insert_one({"_id": f"{run_id}:0", "tenant_id": "ACME", "run_id": run_id, "page_no": 0,
-                                   "expander": "crashed", "jobs": [["x", "+12025550100", "stale", 1, "GSM-7"]],
+                                   "expander": "crashed", "jobs_json": '[["x", "+12025550100", "stale", 1, "GSM-7"]]',
                                    "skipped": [], "segments": 1})
     world.expander(page_size=10).expand("ACME", run_id)
     assert [job["to"] for job in world.jobs()] == [e164(i) for i in range(20)]
