@@ -128,14 +128,15 @@ def build_processor(campaign: Mapping, default_country: str) -> RowProcessor:
                         smart_encoding=bool(campaign.get("smart_encoding")))
 
 
-def campaign_pages(imis, campaign: Mapping, *, page_size: int = PAGE_SIZE, start_offset: int = 0) -> Iterator[QueryPage]:
+def campaign_pages(imis, campaign: Mapping, *, page_size: int = PAGE_SIZE,
+                   start_offset: int = 0) -> Iterator[QueryPage]:
     """Return the pages of the campaign's IQA from `start_offset`, with its prompts passed through."""
     return imis.iter_query_pages(campaign["iqa_path"], prompts=campaign.get("prompts") or None,
                                  page_size=page_size, start_offset=start_offset)
 
 
-def process_pages(pages: Iterable[QueryPage], processor: RowProcessor, campaign: Mapping,
-                  find_opted_out: OptOutLookup, *, first_page_no: int = 0) -> Iterator[tuple[int, QueryPage, PageResult]]:
+def process_pages(pages: Iterable[QueryPage], processor: RowProcessor, campaign: Mapping, find_opted_out: OptOutLookup,
+                  *, first_page_no: int = 0) -> Iterator[tuple[int, QueryPage, PageResult]]:
     """Yield (page number, page, result) for each page; the first page's columns are checked first.
 
     Raises CampaignSetupError when the query lacks a column the campaign needs.

@@ -36,7 +36,8 @@ def load_opted_out(db: Database, tenant_id: str) -> set[str]:
     One read per run keeps the cost per recipient constant. mongomock runs a look-up
     by many ids as a scan of the whole collection, which per page would cost the
     size of the list again and again. An opt-out recorded after this read is
-    missed by the run, and Twilio then rejects that one text with error 21610.
+    missed by the run. Twilio rejects a text to a number that replied STOP with
+    error 21610, which the sender records as an opt-out.
     """
     return {document["number"] for document in db.optouts.find({"tenant_id": tenant_id}, {"number": 1})}
 

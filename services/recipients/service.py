@@ -103,7 +103,7 @@ class RunExpander:
         if isinstance(failure, ImisUnavailable):
             if attempt < min(MAX_UNAVAILABLE_ATTEMPTS, self._broker.max_attempts):
                 raise Retry(f"iMIS unavailable: {failure.message}") from None
-            self._fail(run, token, f"iMIS did not answer after {attempt} attempts. {failure.message}")
+            self._fail(run, token, f"iMIS was still unavailable after {attempt} tries of this run. {failure.message}")
         elif isinstance(failure, ImisError):
             self._fail(run, token, failure.message)
         elif isinstance(failure, RunFailed):

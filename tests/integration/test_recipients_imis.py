@@ -197,7 +197,7 @@ def test_server_errors_exhausted_then_failed(world, sim):
     run = world.expand(run_id, attempt=MAX_UNAVAILABLE_ATTEMPTS)
 
     assert run["status"] == "failed"
-    assert "iMIS did not answer after 3 attempts" in run["error"]
+    assert "iMIS was still unavailable after 3 tries of this run" in run["error"]
     assert "HTTP 503" in run["error"]
     assert "Check that the iMIS base URL in Settings is right" in run["error"]
     assert world.jobs() == []

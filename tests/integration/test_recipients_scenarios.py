@@ -70,6 +70,23 @@ def test_same_person_twice_one_text(stack_factory, staff_api):
     assert finished["current_run"]["counts"]["recipients"] == demo_data.DEMO_RECIPIENT_COUNT
 
 
+def test_run_report_lists_skipped(stack_factory, staff_api):
+    stack = start_stack(stack_factory)
+    staff = staff_api(stack)
+    finished = staff.send_and_wait(staff.create_campaign()["id"])
+    report = staff.get(f"/api/runs/{finished['current_run']['id']}?limit=1000").json()
+
+    by_reason: dict[str, set] = {}
+    for row in report["skipped"]:
+        by_reason.setdefault(row["reason"], set()).add(row["raw"])
+    assert report["skipped_total"] == demo_data.DEMO_SKIPPED_COUNT + demo_data.DEMO_DUPLICATE_COUNT
+    assert by_reason["invalid number"] == {"555-0100", "12345", "not a number", "202-555-014", "(000) 555-0100",
+                                           "+1 202 555 01432"}
+    assert by_reason["no number"] == {""}
+    assert len(by_reason["duplicate number"]) == demo_data.DEMO_DUPLICATE_COUNT
+    assert all(row["member_id"] for row in report["skipped"])
+
+
 def test_publish_failure_redelivered(stack_factory, staff_api, monkeypatch):
     # The first publish of the jobs fails; the broker delivers the run again and it resumes.
     stack = start_stack(stack_factory)

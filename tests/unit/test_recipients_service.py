@@ -503,7 +503,7 @@ def test_imis_unavailable_fails_at_last_attempt(world):
 
     run = world.run(run_id)
     assert run["status"] == "failed"
-    assert run["error"] == (f"iMIS did not answer after {MAX_UNAVAILABLE_ATTEMPTS} attempts. "
+    assert run["error"] == (f"iMIS was still unavailable after {MAX_UNAVAILABLE_ATTEMPTS} tries of this run. "
                             "iMIS at http://imis is unavailable (HTTP 503). Check the site.")
     assert [notice["to"] for notice in world.notices()] == [sorted([ADMIN_EMAIL, CAMPAIGN_EMAIL])]
 
