@@ -23,8 +23,8 @@ class Pacer:
     the flow is even. No half-open window of one second (widened by `margin_s`, which
     absorbs the jitter between the reserved time and the moment Twilio receives the
     request, and the clock skew between instances) holds more than `rate` segments, all
-    of a text's segments counted at the moment it is sent. The margin costs
-    `margin_s` per second of throughput: 1% at the default.
+    of a text's segments counted at the moment it is sent. The margin costs `margin_s`
+    per second of throughput: 1.5% at the default.
 
     The state is one document per sender number in `rate_windows`, updated by
     compare-and-set on a version, so any number of instances share one limit. Slots
@@ -32,7 +32,7 @@ class Pacer:
     before it.
     """
 
-    def __init__(self, db: Database, clock, *, margin_s: float = 0.01):
+    def __init__(self, db: Database, clock, *, margin_s: float = 0.015):
         self._windows = db.rate_windows
         self._clock = clock
         self._margin_s = margin_s

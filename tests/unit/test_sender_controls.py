@@ -277,3 +277,50 @@ def test_opt_out_frees_allowance(world):
 
     assert world.message(jobs[0])["status"] == "opted_out"
     assert world.message(jobs[1])["status"] == "sent"
+
+
+# ------------------------------------------------------------------ late starts
+
+
+class OversleepingClock(FakeClock):
+    """A fake clock whose first `late_sleeps` sleeps end 10 ms late, as on a busy CPU."""
+
+    def __init__(self, late_sleeps: int):
+        super().__init__(start=FAKE_START)
+        self.late_sleeps = late_sleeps
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0 and self.late_sleeps > 0:
+            self.late_sleeps -= 1
+            seconds += 0.010
+        super().sleep(seconds)
+
+
+def test_late_start_takes_later_slot(world):
+    # At 6 per second each wait is one sleep, shorter than the stop check interval.
+    tenant = world.tenant(sender_rate_sps=6.0)
+    jobs = world.run(tenant, 2)
+    late = OversleepingClock(late_sleeps=1)
+    world.twilio._clock = late
+    sender = world.sender(world.broker(), clock=late, pacer=Pacer(world.db, late))
+
+    for job in jobs:
+        sender.handle(delivery(job))
+
+    first, second = world.twilio.creates
+    assert second.at - first.at == pytest.approx(2 / 6)
+
+
+def test_late_starts_bounded(world):
+    tenant = world.tenant(sender_rate_sps=6.0)
+    jobs = world.run(tenant, 2)
+    late = OversleepingClock(late_sleeps=100)
+    world.twilio._clock = late
+    sender = world.sender(world.broker(), clock=late, pacer=Pacer(world.db, late))
+
+    for job in jobs:
+        sender.handle(delivery(job))
+
+    first, second = world.twilio.creates
+    assert second.at - first.at == pytest.approx(3 / 6 + 0.010)
+    assert world.message(jobs[1])["status"] == "sent"
