@@ -8,6 +8,7 @@ simulators, on the in-process broker or on RabbitMQ. Nothing here is autouse.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -133,12 +134,27 @@ def connect_rabbitmq(url: str = AMQP_URL) -> pika.BlockingConnection:
 
 
 def delete_rabbitmq_topology(prefix: str, url: str = AMQP_URL) -> None:
-    """Delete every queue and the exchange that a broker with this queue prefix declares."""
+    """Delete every queue and the exchange that a broker with this queue prefix declares.
+
+    Per-tenant partitions (`tm.jobs.DEMO` and their delay queues) are declared on first
+    use, so the queues to delete are also read from `rabbitmqctl list_queues`.
+    """
+    names = {prefix + name for name in declared_queues()} | set(_listed_queues(prefix))
     with connect_rabbitmq(url) as connection:
         channel = connection.channel()
-        for name in declared_queues():
-            channel.queue_delete(prefix + name)
+        for name in sorted(names):
+            channel.queue_delete(name)
         channel.exchange_delete(prefix + EXCHANGE)
+
+
+def _listed_queues(prefix: str) -> list[str]:
+    """Return the names of the local server's queues that start with prefix."""
+    try:
+        listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True,
+                                timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip().startswith(prefix)]
 
 
 @pytest.fixture(scope="session")
