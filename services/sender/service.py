@@ -381,11 +381,13 @@ class Sender:
              "$addToSet": {"member_ids": job["member_id"]}},
             upsert=True,
         )
-        if self._finish(job, claim, "opted_out", reason="opted out (replied STOP)", error_code=code):
-            self._broker.publish(QUEUE_IMIS, {
-                "kind": "textunsub", "tenant_id": job["tenant_id"], "number": job["to"],
-                "member_ids": [job["member_id"]], "sent_at": now.isoformat(), "message_id": job["message_id"],
-            }, message_id=f"textunsub:{job['message_id']}")
+        # Published before the message is final: a lost publish then leaves the claim to lapse
+        # and the text to be tried again, and the iMIS writer skips an activity written twice.
+        self._broker.publish(QUEUE_IMIS, {
+            "kind": "textunsub", "tenant_id": job["tenant_id"], "number": job["to"],
+            "member_ids": [job["member_id"]], "sent_at": now.isoformat(), "message_id": job["message_id"],
+        }, message_id=f"textunsub:{job['message_id']}")
+        self._finish(job, claim, "opted_out", reason="opted out (replied STOP)", error_code=code)
 
     def _finish(self, job: dict, claim: Claim, status: str, *, reason: str, error_code: int | None = None) -> bool:
         done = self._db.messages.find_one_and_update(

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from libs.common.broker import QUEUE_IMIS, Retry
+from libs.common.broker import QUEUE_IMIS, PublishError, Retry
 from libs.common.clock import FakeClock
 from services.sender import outcomes
 from tests.sender_support import FAKE_START, SENDER_NUMBER, SenderWorld, delivery, twilio_error, unavailable
@@ -409,3 +409,28 @@ def test_unknown_outcome_given_up(world, tenant, sender):
     assert message["status"] == "failed"
     assert "may have reached Twilio" in message["reason"]
     assert world.run_document(job["run_id"])["counts"]["done"] == 1
+
+
+def test_lost_textunsub_publish_retried(world, tenant, broker):
+    """The opt-out's TEXTUNSUB job is published before the text is final, so a failed publish is not lost."""
+    job = world.run(tenant, 1)[0]
+    world.twilio.fail(job["to"], twilio_error(21610), twilio_error(21610))
+    failing = world.sender(broker)
+    publish = broker.publish
+
+    def fail_imis(queue, body, **options):
+        if queue == QUEUE_IMIS:
+            raise PublishError("RabbitMQ is unreachable")
+        publish(queue, body, **options)
+
+    broker.publish = fail_imis
+    with pytest.raises(PublishError):
+        failing.handle(delivery(job))
+    broker.publish = publish
+    world.clock.advance(61)
+
+    world.sender(broker).handle(delivery(job, attempt=2))
+
+    queued = [json.loads(message.payload) for message in world.server.take(QUEUE_IMIS, 10)]
+    assert [body["kind"] for body in queued] == ["textunsub"]
+    assert world.message(job)["status"] == "opted_out"
