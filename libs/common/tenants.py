@@ -77,14 +77,21 @@ class TenantRepository:
         self._collection.replace_one({"_id": tenant.cloud_id}, document, upsert=True)
 
     def update(self, cloud_id: str, changes: dict) -> Tenant:
-        """Apply changes (unknown keys ignored, empty secrets left as they were) and save."""
+        """Apply changes (unknown keys ignored, empty secrets left as they were); return the tenant."""
         tenant = self.get(cloud_id)
         allowed = {
             key: value for key, value in changes.items()
             if key in TENANT_FIELDS and key != "cloud_id" and not (key in SECRET_FIELDS and not value)
         }
         updated = replace(tenant, **allowed)
-        self.save(updated)
+        changes = {"updated_at": datetime.now(timezone.utc)}
+        for name, value in allowed.items():
+            if name in SECRET_FIELDS:
+                changes[f"{name}_enc"] = self._secrets.encrypt(value)
+            else:
+                changes[name] = value
+        # Only the changed fields are written, so a value the store rejects leaves the rest intact.
+        self._collection.update_one({"_id": cloud_id}, {"$set": changes})
         return updated
 
     def _from_document(self, document: dict) -> Tenant:

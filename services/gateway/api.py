@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 from marshmallow import Schema, ValidationError
 
+from libs.common.imis import ImisAuthError, ImisClient, ImisError
 from libs.common.phones import check_number
 from libs.common.texts import measure
 from services.gateway import schemas
@@ -100,8 +101,8 @@ def preview_campaign(campaign_id: str):
 @requires_session
 def send_campaign(campaign_id: str):
     """Send now, or once at `send_at`."""
-    data = load(schemas.SendIn()) if request.get_data() else {"send_at": None}
-    campaign = _ctx().campaigns.send(g.tenant_id, campaign_id, data["send_at"])
+    data = load(schemas.SendIn()) if request.get_data() else {"send_at": None, "resend": False}
+    campaign = _ctx().campaigns.send(g.tenant_id, campaign_id, data["send_at"], resend=data["resend"])
     return schemas.CampaignOut().dump(campaign), 202
 
 
@@ -149,6 +150,8 @@ def read_settings():
 def update_settings():
     """Change settings; an omitted or empty secret keeps its stored value."""
     data = load(schemas.SettingsIn())
+    if {"imis_base_url", "imis_username", "imis_password"} & set(data):
+        _check_imis_account(_ctx().runtime.tenants.get(g.tenant_id), data)
     tenant = _ctx().runtime.tenants.update(g.tenant_id, data)
     return schemas.SettingsOut().dump(tenant.public_view())
 
@@ -169,3 +172,23 @@ def check_phone_number():
     country = data["country"] or _ctx().runtime.tenants.get(g.tenant_id).default_country
     number = "" if data["number"] is None else data["number"]
     return schemas.PhoneCheckOut().dump(check_number(number, country))
+
+
+def _check_imis_account(tenant, changes: dict) -> None:
+    """Raise InvalidInput unless iMIS accepts the service account as it would be saved.
+
+    Staff sign in against the stored iMIS address, so saving a wrong one would lock
+    every staff member out.
+    """
+    base_url = changes.get("imis_base_url", tenant.imis_base_url)
+    username = changes.get("imis_username", tenant.imis_username)
+    password = changes.get("imis_password") or tenant.imis_password
+    try:
+        with ImisClient(base_url, timeout_s=10.0, max_retries=1) as client:
+            client.get_token(username, password)
+    except ImisAuthError:
+        raise InvalidInput(f"iMIS at {base_url} did not accept the service account {username!r}: "
+                           "check the user name and password", {"fields": {"imis_password": ["not accepted"]}}) from None
+    except ImisError as error:
+        raise InvalidInput(f"iMIS at {base_url} cannot be reached ({error.message}): check the address",
+                           {"fields": {"imis_base_url": ["not reachable"]}}) from None

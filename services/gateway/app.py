@@ -21,6 +21,9 @@ from services.gateway.service import CampaignService
 
 logger = logging.getLogger(__name__)
 
+# No API body comes near this; a larger one is answered 413 before it is read.
+MAX_REQUEST_BYTES = 256 * 1024
+
 
 @dataclass
 class GatewayContext:
@@ -36,6 +39,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
 
         runtime = runtime_from_env()
     app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False
     app.extensions["text_manager"] = GatewayContext(
         runtime=runtime,

@@ -20,16 +20,26 @@ class SessionOut(Schema):
     csrf_token = fields.String()
 
 
+MAX_PROMPTS = 50
+# Upper bounds keep settings inside what the store holds (8-byte integers) and what a
+# sender number can do; raise them here if a carrier ever allows more.
+MAX_DAILY_LIMIT = 1_000_000
+MAX_RUN_SEGMENT_LIMIT = 10_000_000
+
+
 class CampaignIn(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     body = fields.String(required=True)
-    iqa_path = fields.String(required=True, validate=validate.Regexp(
-        r"^\$/.+", error="must be an IQA path starting with $/, for example $/TextManager/Members"))
+    iqa_path = fields.String(required=True, validate=[
+        validate.Regexp(r"^\$/.+", error="must be an IQA path starting with $/, for example $/TextManager/Members"),
+        validate.Length(max=500)])
     email = fields.Email(load_default="")
     phone_column = fields.String(load_default="Mobile", validate=validate.Length(min=1, max=100))
     id_column = fields.String(load_default="ID", validate=validate.Length(min=1, max=100))
     smart_encoding = fields.Boolean(load_default=False)
-    prompts = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    prompts = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=100)),
+                          values=fields.String(validate=validate.Length(max=1000)), load_default=dict,
+                          validate=validate.Length(max=MAX_PROMPTS, error=f"at most {MAX_PROMPTS} prompts"))
 
     @validates("body")
     def check_body(self, value: str, **kwargs) -> None:
@@ -76,6 +86,7 @@ class CampaignOut(Schema):
 
 class SendIn(Schema):
     send_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    resend = fields.Boolean(load_default=False)
 
 
 class MeasureIn(Schema):
@@ -127,8 +138,8 @@ class SettingsIn(Schema):
     default_country = fields.String()
     default_email = fields.Email()
     timezone = fields.String()
-    daily_limit = fields.Integer(validate=validate.Range(min=0))
-    run_segment_limit = fields.Integer(validate=validate.Range(min=1))
+    daily_limit = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_DAILY_LIMIT))
+    run_segment_limit = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_RUN_SEGMENT_LIMIT))
 
     @validates("default_country")
     def check_country(self, value: str, **kwargs) -> None:
@@ -148,6 +159,19 @@ class SettingsIn(Schema):
     def check_not_empty(self, data: dict, **kwargs) -> None:
         if not data:
             raise ValidationError("send at least one setting to change")
+
+    @validates_schema
+    def check_secret_with_its_address(self, data: dict, **kwargs) -> None:
+        """Require the secret again when the place or account it is sent to changes.
+
+        Otherwise anyone signed in could point the iMIS address at their own server and
+        receive the stored service-account password at the next query.
+        """
+        if ("imis_base_url" in data or "imis_username" in data) and not data.get("imis_password"):
+            raise ValidationError("enter the iMIS service account password again to change the iMIS address or user",
+                                  "imis_password")
+        if "twilio_account_sid" in data and not data.get("twilio_auth_token"):
+            raise ValidationError("enter the Twilio auth token again to change the account SID", "twilio_auth_token")
 
 
 class SettingsOut(Schema):

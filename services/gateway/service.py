@@ -43,10 +43,19 @@ class CampaignService:
     def get(self, tenant_id: str, campaign_id: str) -> dict:
         return self._with_counts(self._campaign(tenant_id, campaign_id))
 
-    def send(self, tenant_id: str, campaign_id: str, send_at: datetime | None) -> dict:
-        """Create a run due now or at `send_at`; raise Conflict while another run is active."""
+    def send(self, tenant_id: str, campaign_id: str, send_at: datetime | None, *, resend: bool = False) -> dict:
+        """Create a run due now or at `send_at`; raise Conflict while another run is active.
+
+        A campaign that already ran texts everyone in its query again, so that needs
+        `resend`; without it the answer is a Conflict that says how many were texted.
+        """
         campaign = self._campaign(tenant_id, campaign_id)
         now = self._clock.now()
+        previous = self._db.runs.find_one({"_id": campaign.get("current_run_id"), "tenant_id": tenant_id})
+        if previous is not None and not resend and campaign.get("status") not in ("sending", "paused", "scheduled"):
+            raise Conflict(f"this campaign was already sent ({previous.get('counts', {}).get('sent', 0)} texts): "
+                           'to text everyone in its query again, send with {"resend": true}',
+                           {"previous_run_id": previous["_id"]})
         if send_at is not None and send_at <= now:
             raise InvalidInput("send_at is in the past: pick a later time or leave it out to send now",
                                {"send_at": send_at.isoformat()})

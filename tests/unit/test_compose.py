@@ -318,7 +318,8 @@ def test_app_image_built_here(compose, name):
 def test_web_service_port(compose, name, port):
     service = compose["services"][name]
     assert service["environment"]["PORT"] == str(port)
-    assert service["ports"] == [f"{port}:{port}"]
+    # Published on loopback only: the TLS proxy in front is the only way in from outside.
+    assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
 
 
 def test_sender_has_no_container_name(compose):
