@@ -29,7 +29,11 @@ from libs.common.tenants import Tenant
 
 AMQP_URL = os.environ.get("TM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CASES_DIR = REPO_ROOT.parent / "shared" / "cases"
+# Shared test cases and reference files, read-only beside the project (`../shared`);
+# TM_SHARED_DIR points elsewhere, e.g. for a clone that does not sit beside it.
+SHARED_DIR = Path(os.environ.get("TM_SHARED_DIR") or REPO_ROOT.parent / "shared")
+CASES_DIR = SHARED_DIR / "cases"
+REFERENCE_DIR = SHARED_DIR / "reference"
 
 # Default upper bound of `wait_until`, so that a stuck pipeline fails a test instead of hanging it.
 WAIT_S = 20.0
@@ -221,3 +225,10 @@ def module_stack_factory():
     launcher = StackLauncher()
     yield launcher.start
     launcher.close()
+
+
+def pytest_sessionstart(session):
+    """Stop at once, saying where to find them, when the shared cases are missing."""
+    if not CASES_DIR.is_dir():
+        pytest.exit(f"the shared test cases are missing: {CASES_DIR} does not exist. Clone the project beside "
+                    "the shared folder, or set TM_SHARED_DIR to it", returncode=4)

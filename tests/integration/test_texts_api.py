@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import requests
 
 from local.stack import DEMO_CLOUD_ID
+from tests.conftest import CASES_DIR
 
-CASES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "cases"
 SEGMENT_CASES = json.loads((CASES_DIR / "segments.json").read_text(encoding="utf-8"))["cases"]
 PHONE_CASES = json.loads((CASES_DIR / "phones.json").read_text(encoding="utf-8"))["cases"]
 GSM_EXTENSION = "\f^{}\\[~]|€"

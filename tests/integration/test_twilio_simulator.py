@@ -22,10 +22,10 @@ from werkzeug.wrappers import Request, Response
 
 from libs.common.twilio_client import TwilioError, TwilioGateway, TwilioUnavailable, verify_signature
 from local.simulators.twilio import TwilioSimulator
+from tests.conftest import CASES_DIR, REFERENCE_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CASES_DIR = REPO_ROOT.parent / "shared" / "cases"
-OPENAPI_PATH = REPO_ROOT.parent / "shared" / "reference" / "twilio-messages-openapi.json"
+OPENAPI_PATH = REFERENCE_DIR / "twilio-messages-openapi.json"
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "simulator-test-token"

@@ -14,9 +14,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from tests.conftest import REFERENCE_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT.parent / "shared" / "reference" / "compose-spec.json"
+SCHEMA_PATH = REFERENCE_DIR / "compose-spec.json"
 COMPOSE_PATH = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE_PATH = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE_PATH = REPO_ROOT / ".dockerignore"

@@ -1,14 +1,13 @@
 """Unit tests for phone number normalisation and SMS eligibility."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from libs.common import phones
 from libs.common.phones import PhoneCheck, check_number, country_choices, is_valid_country
+from tests.conftest import CASES_DIR
 
-CASES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "cases"
 PHONE_CASES = json.loads((CASES_DIR / "phones.json").read_text(encoding="utf-8"))["cases"]
 
 

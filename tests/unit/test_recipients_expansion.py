@@ -1,7 +1,6 @@
 """RowProcessor and the column check: the per-row work shared by the pipeline and the preview."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,8 @@ from services.recipients.expansion import (
     DUPLICATE_NUMBER, EMPTY_TEXT, OPTED_OUT, TOO_LONG, RowProcessor, build_job, build_processor, check_columns,
     process_pages, segment_limit_message,
 )
+from tests.conftest import CASES_DIR
 
-CASES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "cases"
 PHONE_CASES = json.loads((CASES_DIR / "phones.json").read_text(encoding="utf-8"))["cases"]
 SEGMENT_CASES = json.loads((CASES_DIR / "segments.json").read_text(encoding="utf-8"))["cases"]
 

@@ -1,7 +1,6 @@
 """Unit tests for SMS measurement, Smart Encoding and merge-field templates."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,8 @@ from libs.common.texts import (
     render_and_measure,
     smart_encode,
 )
+from tests.conftest import CASES_DIR
 
-CASES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "cases"
 SEGMENT_CASES = json.loads((CASES_DIR / "segments.json").read_text(encoding="utf-8"))["cases"]
 
 EXTENSION_CHARS = "\f^{}\\[~]|€"
