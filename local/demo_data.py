@@ -186,7 +186,7 @@ DEMO_TWILIO_OPTED_OUT = (
 
 # Demo members whose texts Twilio accepts and later reports undelivered, with the code.
 # Each code ends the text at once (filtered as spam, unknown handset, landline), so a
-# demo campaign finishes in minutes; codes that earn new attempts would keep it open
+# demo campaign finishes in minutes. Codes that earn new attempts would keep it open
 # for the length of their back-off.
 DEMO_UNDELIVERED = {
     _e164("3125550150"): 30007,

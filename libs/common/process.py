@@ -101,7 +101,7 @@ def serve_health(port: int, is_healthy: Callable[[], bool]) -> ThreadingHTTPServ
 
 
 def check_dependencies(runtime: Runtime) -> int:
-    """Return 0 when the store and broker answer, for container health checks."""
+    """Return 0 when the store and broker respond, for container health checks."""
     try:
         runtime.db.command("ping")
         runtime.broker.queue_depth("tm.runs")

@@ -161,7 +161,7 @@ class ImisWriter:
             except ImisUnavailable as error:
                 raise Retry(f"iMIS unavailable: {error.message}") from None
             except ImisError as error:
-                raise Reject(f"iMIS refused the activity: {error.message}") from None
+                raise Reject(f"iMIS rejected the activity: {error.message}") from None
 
     def _write_textunsub(self, imis, body: dict) -> None:
         optout_id = f"{body['tenant_id']}:{body['number']}"

@@ -167,7 +167,7 @@ def measure_text():
 @api.post("/phone-numbers/check")
 @requires_session
 def check_phone_number():
-    """Normalise a number and say whether it can take a text (the opt-out list is not read)."""
+    """Normalise a number and report whether it can take a text (the opt-out list is not read)."""
     data = load(schemas.PhoneCheckIn())
     country = data["country"] or _ctx().runtime.tenants.get(g.tenant_id).default_country
     number = "" if data["number"] is None else data["number"]

@@ -21,7 +21,7 @@ from services.gateway.service import CampaignService
 
 logger = logging.getLogger(__name__)
 
-# No API body comes near this; a larger one is answered 413 before it is read.
+# No API body comes near this; a larger one gets 413 before it is read.
 MAX_REQUEST_BYTES = 256 * 1024
 
 
@@ -75,7 +75,7 @@ def _register_pages(app: Flask, runtime: Runtime) -> None:
 
     @app.get("/healthz")
     def healthz():
-        """Answer 200 when the store is reachable."""
+        """Return 200 when the store is reachable."""
         runtime.db.command("ping")
         return {"status": "ok"}
 

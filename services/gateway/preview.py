@@ -25,7 +25,7 @@ MIXED_ENCODINGS = "mixed"
 
 
 class CampaignNotSendable(ApiError):
-    """The campaign cannot be sent as set up, or iMIS rejected its query. The message tells staff what to change."""
+    """The campaign cannot be sent as set up, or iMIS rejected its query. The message explains to staff what to change."""
 
     status = 422
     code = "campaign_not_sendable"

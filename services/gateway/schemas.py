@@ -21,7 +21,7 @@ class SessionOut(Schema):
 
 
 MAX_PROMPTS = 50
-# Upper bounds keep settings inside what the store holds (8-byte integers) and what a
+# Upper bounds keep settings inside what the store accepts (8-byte integers) and what a
 # sender number can do; raise them here if a carrier ever allows more.
 MAX_DAILY_LIMIT = 1_000_000
 MAX_RUN_SEGMENT_LIMIT = 10_000_000

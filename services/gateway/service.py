@@ -46,8 +46,8 @@ class CampaignService:
     def send(self, tenant_id: str, campaign_id: str, send_at: datetime | None, *, resend: bool = False) -> dict:
         """Create a run due now or at `send_at`; raise Conflict while another run is active.
 
-        A campaign that already ran texts everyone in its query again, so that needs
-        `resend`; without it the answer is a Conflict that says how many were texted.
+        Sending a campaign that already ran texts everyone in its query again, so it needs
+        `resend`. Without it, Conflict is raised with the number of texts already sent.
         """
         campaign = self._campaign(tenant_id, campaign_id)
         now = self._clock.now()

@@ -8,11 +8,11 @@ class ExpansionError(Exception):
 
 
 class CampaignSetupError(ExpansionError):
-    """The campaign cannot be sent as set up. The message tells staff what to change."""
+    """The campaign cannot be sent as set up. The message explains to staff what to change."""
 
 
 class RunFailed(ExpansionError):
-    """The run cannot go ahead. The message tells staff why and what to change.
+    """The run cannot go ahead. The message explains to staff why and what to change.
 
     `run_fields` are stored on the failed run beside the message, such as the
     segment count of a run over its limit.

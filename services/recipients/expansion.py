@@ -29,7 +29,7 @@ OptOutLookup = Callable[[list[str]], set[str]]
 
 @dataclass
 class PageResult:
-    """What one IQA page produced: staged jobs, and rows skipped with their reason."""
+    """The output of one IQA page: staged jobs, and rows skipped with their reason."""
 
     jobs: list[list] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
@@ -183,7 +183,7 @@ def segment_limit_message(segments: int, limit: int) -> str:
 
 
 def build_job(job_base: Mapping[str, str], staged: Sequence) -> dict:
-    """Return the `tm.jobs` body of a staged job; `job_base` holds tenant_id, campaign_id and run_id."""
+    """Return the `tm.jobs` body of a staged job; `job_base` contains tenant_id, campaign_id and run_id."""
     job = dict(job_base)
     job.update(zip(STAGED_JOB_FIELDS, staged))
     job["message_id"] = f"{job_base['run_id']}:{job['to']}"

@@ -25,7 +25,7 @@ class Scheduler:
 
     A run is claimed (`due -> publishing`, with a lease) before it is published and
     marked `queued` after the broker confirms. If the process dies in between, the
-    lease lapses and the run is published again; the recipients service ignores a run
+    lease lapses and the run is published again. The recipients service ignores a run
     that has moved past `queued`, so the run is expanded once.
     """
 

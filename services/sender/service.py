@@ -1,4 +1,4 @@
-"""Send one text: claim it, pace it, call Twilio, record the answer."""
+"""Send one text: claim it, pace it, call Twilio, record the response."""
 
 from __future__ import annotations
 
@@ -346,7 +346,7 @@ class Sender:
 
     def _on_twilio_error(self, job: dict, claim: Claim, tenant: Tenant, error: TwilioError, attempt: int) -> None:
         outcome = outcomes.classify(error.code, error.http_status, toll_free=tenant.sender_kind == "toll-free")
-        logger.warning("Twilio answered %s (HTTP %s): %s", error.code, error.http_status, outcome.action)
+        logger.warning("Twilio returned error %s (HTTP %s): %s", error.code, error.http_status, outcome.action)
         if outcome.action == outcomes.OPT_OUT:
             self._record_opt_out(job, claim, error.code)
         elif outcome.action == outcomes.SKIP:

@@ -35,7 +35,7 @@ each_backend = pytest.mark.parametrize("backend", BROKERS)
 
 OPTED_OUT_NUMBERS = demo_data.DEMO_TWILIO_OPTED_OUT
 UNDELIVERED_NUMBERS = tuple(demo_data.DEMO_UNDELIVERED)
-# Undelivered texts end failed, or skipped where the code says the number cannot take texts.
+# Undelivered texts end failed, or skipped where the code means the number cannot take texts.
 SKIPPED_AFTER_SENDING = tuple(number for number, code in demo_data.DEMO_UNDELIVERED.items()
                               if code in CALLBACK_SKIPS)
 FAILED_AFTER_SENDING = tuple(number for number in UNDELIVERED_NUMBERS if number not in SKIPPED_AFTER_SENDING)
