@@ -19,6 +19,8 @@ from libs.common.broker import PublishError, tenant_jobs_queue
 
 logger = logging.getLogger(__name__)
 
+# The counters staff see on every run; runs also count `done`, the messages with a final status.
+RUN_COUNTERS = ("recipients", "sent", "delivered", "failed", "opted_out", "skipped")
 FINAL_STATUSES = ("delivered", "undelivered", "failed", "opted_out", "skipped", "cancelled")
 PARKED_STATUSES = ("retrying", "paused", "deferred")
 RUN_PAUSABLE_STATUSES = ("expanding", "sending")

@@ -10,12 +10,12 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 
 from libs.common.broker import PublishError, tenant_jobs_queue
-from libs.common.progress import RunProgress
+from libs.common.progress import RUN_COUNTERS, RunProgress
 from services.gateway.errors import Conflict, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
-COUNT_NAMES = ("recipients", "sent", "delivered", "failed", "opted_out", "skipped")
+COUNT_NAMES = RUN_COUNTERS
 ACTIVE_RUN_STATUSES = ("due", "publishing", "queued", "expanding", "sending", "paused")
 
 

@@ -11,6 +11,7 @@ from pymongo.errors import DuplicateKeyError
 
 from libs.common.broker import QUEUE_JOBS, QUEUE_RUNS, PublishError, tenant_jobs_queue
 from libs.common.logs import log_context
+from libs.common.progress import RUN_COUNTERS
 from services.scheduler.recurrence import Rule, RuleError
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,7 @@ class Scheduler:
             self._db.runs.insert_one({
                 "_id": run_id, "tenant_id": campaign["tenant_id"], "campaign_id": campaign["_id"], "status": "due",
                 "due_at": occurrence, "created_at": self._clock.now(), "expanded": False, "recurring": True,
-                "counts": {name: 0 for name in ("recipients", "sent", "delivered", "failed", "opted_out",
-                                                "skipped", "done")},
+                "counts": {name: 0 for name in RUN_COUNTERS + ("done",)},
             })
             logger.info("run %s created for the occurrence at %s", run_id, occurrence.isoformat())
         except DuplicateKeyError:
