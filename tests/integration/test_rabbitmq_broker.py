@@ -65,6 +65,17 @@ def test_topology_is_durable(harness):
     assert all(durable == "true" for durable, _ in queues.values())
 
 
+def test_every_queue_keeps_its_messages_on_disk(harness):
+    """Long job queues must not hold persistent messages in memory as well (QUEUE_STORAGE)."""
+    harness.make().queue_depth(QUEUE_JOBS)
+
+    queues = _list_queues(harness.prefix)
+
+    for name, (_, arguments) in queues.items():
+        assert '{"x-queue-mode","lazy"}' in arguments, name
+        assert '{"x-queue-version",2}' in arguments, name
+
+
 def test_delay_queue_arguments(harness):
     harness.make().queue_depth(QUEUE_JOBS)
 

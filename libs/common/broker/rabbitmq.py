@@ -27,6 +27,14 @@ RECONNECT_MAX_S = 30.0
 # A consumer checks its stop event at least this often, in seconds.
 STOP_CHECK_S = 0.25
 CONTENT_TYPE = "application/json"
+# How every queue stores its messages. A job queue can hold a whole run of 10,000 texts or
+# more, drained at a few per second, and every message is persistent: lazy mode writes
+# them straight to disk instead of holding them in memory too, and the version 2 index
+# writes them faster. Publishing 92,000 confirmed jobs on RabbitMQ 3.10 (2 cores) took
+# 6.0 s with the defaults and 3.5 s with these. RabbitMQ 3.12 and later ignore the mode
+# (every classic queue works that way there); version 2 is the default from 4.0. A
+# queue declared earlier with other arguments must be deleted once (deploy/README.md).
+QUEUE_STORAGE = {"x-queue-mode": "lazy", "x-queue-version": 2}
 
 
 def build_topology(prefix: str, retry_delays_s: Iterable[float]) -> list[tuple[str, dict]]:
@@ -72,7 +80,7 @@ def _work_queue_steps(prefix: str, queue: str, retry_delays_s: Iterable[float]) 
 
 def _queue_steps(exchange: str, name: str, arguments: dict) -> list[tuple[str, dict]]:
     return [
-        ("queue_declare", {"queue": name, "durable": True, "arguments": arguments or None}),
+        ("queue_declare", {"queue": name, "durable": True, "arguments": {**QUEUE_STORAGE, **arguments}}),
         ("queue_bind", {"queue": name, "exchange": exchange, "routing_key": name}),
     ]
 
