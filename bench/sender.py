@@ -126,7 +126,7 @@ def received_creates(url: str) -> list[dict]:
 def arrival_times(url: str, jobs: list[dict]) -> list[float]:
     """Return the times the simulator received the creates of these jobs."""
     numbers = {job["to"] for job in jobs}
-    return [record["received_at"] for record in received_creates(url) if record["to"] in numbers]
+    return [record["arrived_at"] for record in received_creates(url) if record["to"] in numbers]
 
 
 # ------------------------------------------------------------------ a world of instances
@@ -260,6 +260,12 @@ def max_in_window(times: list[float], window_s: float = 1.0) -> int:
     return maximum
 
 
+def tightest_span(times: list[float], rate: float) -> float:
+    """Return the shortest time from a create to the `rate`-th after it: under 1 s, a window held too many."""
+    ordered, step = sorted(times), int(rate)
+    return min(ordered[i + step] - ordered[i] for i in range(len(ordered) - step))
+
+
 def observed_rate(times: list[float]) -> float:
     """Return creates after the first divided by the time from the first create to the last."""
     ordered = sorted(times)
@@ -267,7 +273,11 @@ def observed_rate(times: list[float]) -> float:
 
 
 def measure_precision(rate: float, texts: int) -> tuple[float, int]:
-    """Send `texts` one-segment texts at `rate` from three instances; return (observed rate, max window)."""
+    """Send `texts` one-segment texts at `rate` from three instances; return (observed rate, max window).
+
+    Also prints the tightest span (see tightest_span), which shows how near a run came to
+    one text too many in a second.
+    """
     with simulator_process() as url:
         world = World(url, rate=rate)
         jobs = world.run(texts)
@@ -276,6 +286,7 @@ def measure_precision(rate: float, texts: int) -> tuple[float, int]:
         for instance in instances:
             instance.join()
         times = arrival_times(url, jobs)
+    print(f"tightest span at {rate:g}/s: {tightest_span(times, rate):.4f} s", flush=True)
     return observed_rate(times), max_in_window(times)
 
 

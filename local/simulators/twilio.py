@@ -278,6 +278,10 @@ class _LifecycleRunner:
             self.schedule(lifecycle)
 
 
+# WSGI environ key: time.perf_counter() when the server had read a request's headers.
+ARRIVED_AT_KEY = "textmanager.arrived_at"
+
+
 class _QuietRequestHandler(WSGIRequestHandler):
     """Request handler without an access log line per request.
 
@@ -287,6 +291,13 @@ class _QuietRequestHandler(WSGIRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
+
+    def make_environ(self) -> dict:
+        # Called as soon as the request line and headers are read: the moment a create
+        # is received, before Flask routes it and parses its form.
+        environ = super().make_environ()
+        environ[ARRIVED_AT_KEY] = time.perf_counter()
+        return environ
 
 
 class TwilioSimulator:
@@ -457,12 +468,18 @@ class TwilioSimulator:
 
     # --- create --------------------------------------------------------------------
 
-    def create_message(self, account_sid: str, auth: tuple[str, str] | None, form: dict) -> tuple[int, dict]:
-        """Handle one create request and return (HTTP status, JSON body)."""
+    def create_message(self, account_sid: str, auth: tuple[str, str] | None, form: dict,
+                       *, waited_s: float = 0.0) -> tuple[int, dict]:
+        """Handle one create request and return (HTTP status, JSON body).
+
+        `waited_s` is the time since the request arrived. The record's `arrived_at` is
+        the clock less that wait, so that pacing measured by arrival leaves out the time
+        this process spent routing and parsing; every other timestamp is the clock's.
+        """
         received_at = self._clock()
         lifecycle = None
         with self._lock:
-            record = self._new_record(form, received_at)
+            record = self._new_record(form, received_at, arrived_at=received_at - waited_s)
             try:
                 resource, lifecycle = self._accept(account_sid, auth, form, received_at)
             except SimulatorError as error:
@@ -486,7 +503,7 @@ class TwilioSimulator:
             self._slow_next_count -= 1
             return self._slow_next_s
 
-    def _new_record(self, form: dict, received_at: float) -> dict:
+    def _new_record(self, form: dict, received_at: float, *, arrived_at: float) -> dict:
         record = {
             "to": form.get("To"),
             "from": form.get("From"),
@@ -495,6 +512,7 @@ class TwilioSimulator:
             "status": None,
             "error_code": None,
             "received_at": received_at,
+            "arrived_at": arrived_at,
             "status_callback": form.get("StatusCallback"),
             "messaging_service_sid": form.get("MessagingServiceSid"),
         }
@@ -908,7 +926,10 @@ def build_app(simulator: TwilioSimulator) -> Flask:
     @app.post(f"{messages}.json")
     def create_message(account_sid: str) -> Response:
         """Create a message (form-encoded, HTTP Basic auth)."""
-        return _json(*simulator.create_message(account_sid, _basic_auth(), request.form.to_dict()))
+        arrived_at = request.environ.get(ARRIVED_AT_KEY)
+        form = request.form.to_dict()
+        waited_s = time.perf_counter() - arrived_at if arrived_at is not None else 0.0
+        return _json(*simulator.create_message(account_sid, _basic_auth(), form, waited_s=waited_s))
 
     @app.get(f"{messages}.json")
     def list_messages(account_sid: str) -> Response:

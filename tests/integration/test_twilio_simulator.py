@@ -1,5 +1,6 @@
 """The Twilio simulator driven over real HTTP by the twilio library through TwilioGateway."""
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -21,7 +22,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from libs.common.twilio_client import TwilioError, TwilioGateway, TwilioUnavailable, verify_signature
-from local.simulators.twilio import TwilioSimulator
+from local.simulators.twilio import ARRIVED_AT_KEY, TwilioSimulator, build_app
 from tests.conftest import CASES_DIR, REFERENCE_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -699,6 +700,25 @@ def test_latency_recorded_at_arrival(simulator, gateway, clock):
     worker.join(timeout=WAIT_S)
     assert simulator.messages()[0]["received_at"] == START.timestamp()
     assert outcome["created"].date_created == START
+
+
+def test_arrival_is_stamped_before_routing_and_parsing(clock):
+    """Pacing is measured by arrival: time the request spent in this process is left out."""
+    simulator = TwilioSimulator({ACCOUNT_SID: AUTH_TOKEN}, clock=clock)
+    client = build_app(simulator).test_client()
+    credentials = base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+
+    response = client.post(
+        f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json",
+        data={"To": ANA, "From": SENDER, "Body": "Hello"},
+        headers={"Authorization": f"Basic {credentials}"},
+        environ_overrides={ARRIVED_AT_KEY: time.perf_counter() - 0.5},
+    )
+
+    assert response.status_code == 201
+    record = simulator.messages()[0]
+    assert record["received_at"] == START.timestamp()
+    assert record["received_at"] - 0.6 < record["arrived_at"] <= record["received_at"] - 0.5
 
 
 def test_latency_keeps_arrival_order(simulator, gateway, clock):
