@@ -24,6 +24,7 @@ def main() -> int:
         return 1
     print(f"Sign in with user demo, password demo, Cloud ID {DEMO_CLOUD_ID}.", flush=True)
     print(f"Text Manager is ready at {stack.gateway_url}", flush=True)
+    print(f"Sent texts logged in the iMIS simulator: {stack.imis.url}/_sim/communication-log", flush=True)
     stop.wait()
     stack.stop()
     print("Text Manager stopped.", flush=True)

@@ -1,9 +1,10 @@
 """`python -m local.smoke`: send one campaign to the demo members and check the outcome.
 
 Runs the embedded default on free ports, then signs in and sends through the web API as
-staff would. It waits until every text has a final status and every opt-out has its
-TEXTUNSUB activity, and prints one JSON summary as the last line. Exits 1 when a
-member got two texts, a sendable member got none, or an opt-out has no activity.
+staff would. It waits until every text has a final status, every opt-out has its
+TEXTUNSUB activity and every sent text its interaction in the communication log, and
+prints one JSON summary as the last line. Exits 1 when a member got two texts, a
+sendable member got none, an opt-out has no activity or a sent text is not logged.
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ def run_campaign(stack: Stack) -> dict:
     raise TimeoutError(f"the campaign did not finish within {TIMEOUT_S:.0f} s")
 
 
-def wait_for_activities(stack: Stack, expected: int, timeout_s: float = 30.0) -> None:
+def wait_for_imis(stack: Stack, activities: int, interactions: int, timeout_s: float = 30.0) -> None:
+    """Wait until the iMIS simulator contains this many activities and interactions, or the timeout passes."""
     deadline = time.monotonic() + timeout_s
-    while len(stack.imis.activities()) < expected and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if len(stack.imis.activities()) >= activities and len(stack.imis.communication_log()) >= interactions:
+            return
         time.sleep(0.2)
 
 
@@ -73,6 +77,7 @@ def summarise(stack: Stack, campaign: dict, elapsed_s: float) -> tuple[dict, lis
         "opted_out": len(opted_out),
         "duplicates": sum(1 for count in texts_per_number.values() if count > 1),
         "textunsub": len(activities),
+        "logged": len(stack.imis.communication_log()),
         "elapsed_s": round(elapsed_s, 1),
     }
     problems = []
@@ -86,6 +91,8 @@ def summarise(stack: Stack, campaign: dict, elapsed_s: float) -> tuple[dict, lis
     missing = {message["to"] for message in opted_out} - textunsub_numbers
     if missing:
         problems.append(f"{len(missing)} opted-out member(s) have no TEXTUNSUB activity")
+    if summary["logged"] != summary["sent"]:
+        problems.append(f"{summary['sent']} texts were sent but {summary['logged']} are logged in iMIS as interactions")
     return summary, problems
 
 
@@ -95,8 +102,9 @@ def main() -> int:
     try:
         started = time.monotonic()
         campaign = run_campaign(stack)
-        expected = sum(1 for message in stack.twilio.messages() if message["error_code"] == 21610)
-        wait_for_activities(stack, expected)
+        creates = stack.twilio.messages()
+        opted_out = sum(1 for message in creates if message["error_code"] == 21610)
+        wait_for_imis(stack, opted_out, sum(1 for message in creates if message["sid"]))
         summary, problems = summarise(stack, campaign, time.monotonic() - started)
     finally:
         stack.stop()

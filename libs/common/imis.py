@@ -1,4 +1,5 @@
-"""Client for the iMIS REST API: sign-in, IQA queries, the IQA picker and Activity rows.
+"""Client for the iMIS REST API: sign-in, IQA queries, the IQA picker, Activity rows and
+communication log entries.
 
 `ImisClient` speaks HTTP to one site: it gets tokens and retries 429 and 5xx responses
 with bounded exponential backoff. `ImisSession` caches one token for one iMIS user and
@@ -29,9 +30,23 @@ ACTIVITY_PROPERTIES = {
     "transaction_date": "TRANSACTION_DATE",
     "category": "CATEGORY",
     "uf_1": "UF_1",
+    "note": "NOTE",
 }
 # Query-string filters of GET /api/Activity, by the same names.
 ACTIVITY_FILTERS = {"party_id": "PartyId", "activity_type": "ACTIVITY_TYPE"}
+
+# The communication log ("Interactions" in the staff site) over REST, on newer sites only.
+# VERIFY: neither the entity name nor these property names are confirmed on a live
+# site. They follow the fields that iMIS integration tools map for a communication log
+# entry: recipient iMIS ID, subject, HTML body and message type. The entry's date is
+# not here because iMIS sets it to the time of the write.
+COMMUNICATION_LOG_ENTITY = "CommunicationLog"
+COMMUNICATION_LOG_PROPERTIES = {
+    "recipient_id": "RecipientId",
+    "subject": "Subject",
+    "html": "Html",
+    "message_type": "MessageType",
+}
 
 MAX_PAGE_SIZE = 500
 QUERY_ENDPOINT = "api/query"  # iMIS 20.3.77 and later: flat rows
@@ -101,6 +116,10 @@ class ImisQueryNotAvailable(ImisError):
 
 class ImisForbidden(ImisError):
     """The iMIS user lacks the rights for the call."""
+
+
+class ImisNotSupported(ImisError):
+    """The site does not offer this entity over REST: it responded with 404 or 501."""
 
 
 class ImisRequestError(ImisError):
@@ -230,9 +249,17 @@ def naive_utc_timestamp(moment: datetime) -> str:
 
 
 def build_activity_entity(
-    party_id: str, activity_type: str, transaction_date: datetime, category: str, uf_1: str
+    party_id: str,
+    activity_type: str,
+    transaction_date: datetime,
+    category: str,
+    uf_1: str,
+    note: str | None = None,
 ) -> dict:
-    """Return the GenericEntityData body that creates one Activity row."""
+    """Return the GenericEntityData body that creates one Activity row.
+
+    The note property is sent only when `note` is given.
+    """
     names = ACTIVITY_PROPERTIES
     timestamp = {"$type": "System.DateTime", "$value": naive_utc_timestamp(transaction_date)}
     properties = [
@@ -242,6 +269,8 @@ def build_activity_entity(
         _property(names["category"], category),
         _property(names["uf_1"], uf_1),
     ]
+    if note is not None:
+        properties.append(_property(names["note"], note))
     return {
         "$type": _GENERIC_ENTITY_TYPE,
         "EntityTypeName": "Activity",
@@ -262,6 +291,32 @@ def activity_from_entity(entity: dict) -> dict[str, object]:
     if activity["seqn"] is not None:
         activity["seqn"] = str(activity["seqn"])
     return activity
+
+
+def build_communication_log_entity(recipient_id: str, subject: str, html: str, message_type: int) -> dict:
+    """Return the GenericEntityData body that creates one communication log entry."""
+    names = COMMUNICATION_LOG_PROPERTIES
+    properties = [
+        _property(names["recipient_id"], recipient_id),
+        _property(names["subject"], subject),
+        _property(names["html"], html),
+        _property(names["message_type"], {"$type": "System.Int32", "$value": message_type}),
+    ]
+    return {
+        "$type": _GENERIC_ENTITY_TYPE,
+        "EntityTypeName": COMMUNICATION_LOG_ENTITY,
+        "Properties": {"$type": _PROPERTY_COLLECTION_TYPE, "$values": properties},
+    }
+
+
+def identity_key(entity: object) -> str | None:
+    """Return the first identity element of a stored entity (its key), or None when it has none."""
+    if not isinstance(entity, dict):
+        return None
+    identity = unwrap_value((entity.get("Identity") or {}).get("IdentityElements"))
+    if isinstance(identity, list) and identity and identity[0] not in (None, ""):
+        return str(identity[0])
+    return None
 
 
 def _document_from_json(data: dict) -> DocumentSummary:
@@ -687,6 +742,7 @@ class ImisSession:
         transaction_date: datetime,
         category: str,
         uf_1: str,
+        note: str | None = None,
     ) -> str:
         """Write one Activity row and return its SEQN, the key to delete it by.
 
@@ -694,7 +750,7 @@ class ImisSession:
         ImisRequestError when iMIS rejects the row (for example an activity type that
         does not exist) and ImisOutcomeUnknown when the write may or may not be saved.
         """
-        body = build_activity_entity(party_id, activity_type, transaction_date, category, uf_1)
+        body = build_activity_entity(party_id, activity_type, transaction_date, category, uf_1, note)
         response = self.call("POST", "api/Activity", json_body=body, idempotent=False)
         if response.status_code == 400:
             raise self._activity_rejected(activity_type, response)
@@ -733,6 +789,27 @@ class ImisSession:
             return False
         self._raise_for_status(response, f"the deletion of activity {seqn}")
         return True
+
+    # -- communication log
+
+    def create_communication_log(self, *, recipient_id: str, subject: str, html: str, message_type: int) -> str | None:
+        """Write one communication log entry and return its key, or None when iMIS returns none.
+
+        iMIS dates the entry at the time of the write. Raises ImisNotSupported when the
+        site responds with 404 or 501 (older sites have no communication log over REST),
+        ImisRequestError when iMIS rejects the entry, and ImisOutcomeUnknown when the
+        write may or may not be saved.
+        """
+        path = f"api/{COMMUNICATION_LOG_ENTITY}"
+        body = build_communication_log_entity(recipient_id, subject, html, message_type)
+        response = self.call("POST", path, json_body=body, idempotent=False)
+        if response.status_code in (404, 501):
+            raise ImisNotSupported(
+                f"iMIS at {self.client.base_url} does not take communication log entries over REST "
+                f"(HTTP {response.status_code} from /{path})."
+            )
+        self._raise_for_status(response, "the communication log entry")
+        return identity_key(self.client.decode_json(response, path))
 
     @staticmethod
     def _activity_rejected(activity_type: str, response: requests.Response) -> ImisRequestError:

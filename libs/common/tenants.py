@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pymongo.database import Database
 
 from libs.common.crypto import SecretBox
+from libs.common.imis_log import DEFAULT_TEXT_LOG_MODE
 
 SECRET_FIELDS = ("imis_password", "twilio_auth_token")
 
@@ -39,6 +40,8 @@ class Tenant:
     timezone: str = "America/New_York"
     daily_limit: int = 3000
     run_segment_limit: int = 10000
+    # How each sent text is logged in iMIS: "interaction", "activity" (TEXTMSG) or "off".
+    imis_text_log: str = DEFAULT_TEXT_LOG_MODE
 
     def public_view(self) -> dict:
         """Return the settings staff may see: secrets only as whether they are set."""

@@ -1,8 +1,10 @@
-"""iMIS REST API simulator: sign-in, IQA queries, the IQA picker and Activity rows.
+"""iMIS REST API simulator: sign-in, IQA queries, the IQA picker, Activity rows and the
+communication log.
 
 It reproduces the request and response shapes that Text Manager relies on, plus
 switches that inject the faults a real site shows (revoked tokens, 429 and 5xx responses,
-unstable offset paging, an older site without `/api/query`). It binds 127.0.0.1 only.
+unstable offset paging, an older site without `/api/query` or without the communication
+log). It binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -194,6 +196,7 @@ class _Activity:
     category: str | None
     uf_1: str | None
     created_at: datetime
+    note: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -203,6 +206,7 @@ class _Activity:
             "transaction_date": self.transaction_date,
             "category": self.category,
             "uf_1": self.uf_1,
+            "note": self.note,
             "created_at": self.created_at.isoformat(),
         }
 
@@ -214,6 +218,7 @@ class _Activity:
             ("TRANSACTION_DATE", datetime.fromisoformat(self.transaction_date)),
             ("CATEGORY", self.category),
             ("UF_1", self.uf_1),
+            ("NOTE", self.note),
         ]
         return _generic_entity(
             "Activity",
@@ -221,6 +226,39 @@ class _Activity:
             PrimaryParentEntityTypeName="Party",
             PrimaryParentIdentity=_identity("Party", self.party_id),
             Identity=_identity("Activity", str(self.seqn)),
+        )
+
+
+@dataclass
+class _CommunicationLogEntry:
+    """One interaction. iMIS dates it at the time of the write and ignores any date in the request."""
+
+    key: int
+    recipient_id: str
+    subject: str
+    html: str | None
+    message_type: int | None
+    created_at: datetime
+
+    def to_dict(self) -> dict:
+        return {
+            "key": str(self.key),
+            "recipient_id": self.recipient_id,
+            "subject": self.subject,
+            "html": self.html,
+            "message_type": self.message_type,
+            "created_at": self.created_at.isoformat(),
+        }
+
+    def to_entity(self) -> dict:
+        properties = [
+            ("RecipientId", self.recipient_id),
+            ("Subject", self.subject),
+            ("Html", self.html),
+            ("MessageType", self.message_type),
+        ]
+        return _generic_entity(
+            "CommunicationLog", properties, Identity=_identity("CommunicationLog", str(self.key))
         )
 
 
@@ -239,6 +277,7 @@ class _State:
     tokens: dict[str, str] = field(default_factory=dict)
     queries: dict[str, _Query] = field(default_factory=dict)
     activities: dict[int, _Activity] = field(default_factory=dict)
+    communication_log: dict[int, _CommunicationLogEntry] = field(default_factory=dict)
     failures: list[_Failure] = field(default_factory=list)
     requests: deque = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE))
 
@@ -269,6 +308,8 @@ class ImisSimulator:
       rows from the end of the previous page.
     - `single_token_per_user`: a new token revokes the user's older tokens.
     - `activity_types`: the activity types that exist; POST /api/Activity rejects others.
+    - `communication_log_missing`: `/api/CommunicationLog` returns 404, as on a site
+      that does not take interactions over REST.
     """
 
     def __init__(
@@ -285,11 +326,13 @@ class ImisSimulator:
         self.repeat_rows_across_pages = 0
         self.single_token_per_user = False
         self.activity_types = set(DEFAULT_ACTIVITY_TYPES)
+        self.communication_log_missing = False
         self.url = ""
         self._clock = clock
         self._lock = threading.Lock()
         self._state = _State(users=dict(users or {}))
         self._seqns = itertools.count(1)
+        self._communication_log_keys = itertools.count(1)
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -374,6 +417,16 @@ class ImisSimulator:
     def reset_activities(self) -> None:
         with self._lock:
             self._state.activities.clear()
+
+    def communication_log(self) -> list[dict]:
+        """Return the stored communication log entries (interactions) in the order written."""
+        with self._lock:
+            stored = sorted(self._state.communication_log.values(), key=lambda entry: entry.key)
+        return [entry.to_dict() for entry in stored]
+
+    def reset_communication_log(self) -> None:
+        with self._lock:
+            self._state.communication_log.clear()
 
     def request_log(self) -> list[dict]:
         """Return the latest requests, oldest first: method, path, query args and status.
@@ -462,6 +515,17 @@ class ImisSimulator:
         with self._lock:
             return self._state.activities.pop(seqn, None) is not None
 
+    def _store_communication_log(self, fields: dict) -> _CommunicationLogEntry:
+        with self._lock:
+            entry = _CommunicationLogEntry(key=next(self._communication_log_keys), created_at=self._clock(), **fields)
+            self._state.communication_log[entry.key] = entry
+            return entry
+
+    def _find_communication_log(self, recipient_id: str | None) -> list[_CommunicationLogEntry]:
+        with self._lock:
+            stored = sorted(self._state.communication_log.values(), key=lambda entry: entry.key)
+        return [entry for entry in stored if recipient_id is None or entry.recipient_id == recipient_id]
+
 
 # ---------------------------------------------------------------- HTTP routes
 
@@ -482,7 +546,10 @@ def create_app(sim: ImisSimulator) -> Flask:
     site.add_url_rule("/api/Activity", view_func=_create_activity, methods=["POST"])
     site.add_url_rule("/api/Activity", view_func=_list_activities, methods=["GET"])
     site.add_url_rule("/api/Activity/<seqn>", view_func=_delete_activity, methods=["DELETE"])
+    site.add_url_rule("/api/CommunicationLog", view_func=_create_communication_log, methods=["POST"])
+    site.add_url_rule("/api/CommunicationLog", view_func=_list_communication_log, methods=["GET"])
     site.add_url_rule("/_sim/activities", view_func=_sim_activities, methods=["GET"])
+    site.add_url_rule("/_sim/communication-log", view_func=_sim_communication_log, methods=["GET"])
     app.register_blueprint(site)
     return app
 
@@ -772,6 +839,7 @@ def _create_activity():
             "transaction_date": transaction_date,
             "category": props.get("CATEGORY"),
             "uf_1": props.get("UF_1"),
+            "note": props.get("NOTE"),
         }
     )
     return jsonify(activity.to_entity()), 201
@@ -800,6 +868,64 @@ def _delete_activity(seqn: str):
 
 def _sim_activities():
     return jsonify(_sim().activities())
+
+
+# -- communication log
+
+
+def _communication_log_errors(props: dict[str, object]) -> list[str]:
+    errors = []
+    if not props.get("RecipientId"):
+        errors.append("RecipientId is required.")
+    if not props.get("Subject"):
+        errors.append("Subject is required.")
+    message_type = props.get("MessageType")
+    if message_type is not None and (not isinstance(message_type, int) or isinstance(message_type, bool)):
+        errors.append("MessageType must be a whole number.")
+    return errors
+
+
+def _create_communication_log():
+    denied = _require_token()
+    if denied:
+        return denied
+    if _sim().communication_log_missing:
+        return _message_error(404, "No resource matches the request URI.")
+
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return _validation_error(400, "The request body must be a GenericEntityData object.")
+    props = _entity_properties(body)
+    errors = _communication_log_errors(props)
+    if errors:
+        return _validation_error(400, *errors)
+
+    entry = _sim()._store_communication_log(
+        {
+            "recipient_id": str(props["RecipientId"]),
+            "subject": str(props["Subject"]),
+            "html": props.get("Html"),
+            "message_type": props.get("MessageType"),
+        }
+    )
+    return jsonify(entry.to_entity()), 201
+
+
+def _list_communication_log():
+    denied = _require_token()
+    if denied:
+        return denied
+    if _sim().communication_log_missing:
+        return _message_error(404, "No resource matches the request URI.")
+
+    found = _sim()._find_communication_log(request.args.get("RecipientId"))
+    offset, limit, indexes = _page_window(len(found))
+    items = [found[i].to_entity() for i in indexes]
+    return jsonify(_paged(items, offset, limit, len(found)))
+
+
+def _sim_communication_log():
+    return jsonify(_sim().communication_log())
 
 
 # ---------------------------------------------------------------- command line

@@ -19,7 +19,8 @@ __all__ = ["runtime_from_env", "start_imis_writer"]
 
 
 def start_imis_writer(runtime: Runtime, stop: threading.Event) -> ConsumerGroup:
-    writer = ImisWriter(runtime.db, tenants=runtime.tenants, imis_factory=runtime.imis, clock=runtime.clock)
+    writer = ImisWriter(runtime.db, tenants=runtime.tenants, imis_factory=runtime.imis, clock=runtime.clock,
+                        notifier=runtime.notifier)
     logger.info("feedback service consuming %s", QUEUE_IMIS)
     return ConsumerGroup(runtime.broker, QUEUE_IMIS, writer.handle, prefetch=PREFETCH, workers=1, stop=stop,
                          name="imis-writer").start()

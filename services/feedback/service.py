@@ -1,4 +1,4 @@
-"""Apply Twilio status callbacks and inbound opt-out keywords; write opt-outs to iMIS."""
+"""Apply Twilio status callbacks and inbound opt-out keywords; write opt-outs and sent texts to iMIS."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from libs.common.imis import ImisError, ImisUnavailable
 from libs.common.logs import log_context
 from libs.common.progress import CallbackOutcomes, RunProgress, apply_callback_status
 from libs.common.tenants import TenantNotFound, TenantRepository
+from services.feedback.text_log import SentTextLogger, SentTextNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -130,23 +131,28 @@ class FeedbackService:
 
 
 class ImisWriter:
-    """Consume `tm.imis`: write TEXTUNSUB activities, and delete them on resubscribe.
+    """Consume `tm.imis`: log sent texts, write TEXTUNSUB activities, and delete them on resubscribe.
 
     Each activity's SEQN is stored on the opt-out, because deleting by member id alone
     would remove all of a member's activities. Before writing, the member's existing
     TEXTUNSUB rows are read, so a write repeated after a crash does not duplicate one.
+    A sent text ("sent") is logged by SentTextLogger, which stores the entry's key on
+    the message.
     """
 
-    def __init__(self, db: Database, *, tenants: TenantRepository, imis_factory, clock):
+    KINDS = ("sent", "textunsub", "resubscribe")
+
+    def __init__(self, db: Database, *, tenants: TenantRepository, imis_factory, clock, notifier=None):
         self._db = db
         self._tenants = tenants
         self._imis_factory = imis_factory
         self._clock = clock
+        self._text_log = SentTextLogger(db, notifier=notifier, clock=clock)
 
     def handle(self, delivery) -> None:
         body = delivery.body
-        if not isinstance(body, dict) or body.get("kind") not in ("textunsub", "resubscribe"):
-            raise Reject("iMIS job needs kind textunsub or resubscribe")
+        if not isinstance(body, dict) or body.get("kind") not in self.KINDS:
+            raise Reject(f"iMIS job needs a kind of {', '.join(self.KINDS)}")
         with log_context(tenant_id=body.get("tenant_id"), message_id=body.get("message_id")):
             try:
                 tenant = self._tenants.get(body["tenant_id"])
@@ -154,14 +160,26 @@ class ImisWriter:
                 raise Reject(f"unknown tenant {body.get('tenant_id')!r}") from None
             imis = self._imis_factory(tenant)
             try:
-                if body["kind"] == "textunsub":
+                if body["kind"] == "sent":
+                    self._log_sent_text(tenant, imis, delivery)
+                elif body["kind"] == "textunsub":
                     self._write_textunsub(imis, body)
                 else:
                     self._delete_textunsub(imis, body)
             except ImisUnavailable as error:
                 raise Retry(f"iMIS unavailable: {error.message}") from None
             except ImisError as error:
-                raise Reject(f"iMIS rejected the activity: {error.message}") from None
+                raise Reject(f"iMIS rejected the {body['kind']} entry: {error.message}") from None
+
+    def _log_sent_text(self, tenant, imis, delivery) -> None:
+        message_id = delivery.body.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            raise Reject("a sent-text job needs the message_id of the text")
+        repeated = delivery.redelivered or delivery.attempt > 1
+        try:
+            self._text_log.log(tenant, imis, message_id, repeated=repeated)
+        except SentTextNotFound as error:
+            raise Reject(str(error)) from None
 
     def _write_textunsub(self, imis, body: dict) -> None:
         optout_id = f"{body['tenant_id']}:{body['number']}"

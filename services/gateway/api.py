@@ -138,6 +138,18 @@ def read_run(run_id: str):
             "skipped_total": report["skipped_total"]}
 
 
+@api.get("/runs/<run_id>/messages")
+@requires_session
+def list_run_messages(run_id: str):
+    """Return a run's texts by number, with whether and how each was logged in iMIS (`offset`, `limit`)."""
+    try:
+        page = schemas.MessagesQuery().load(request.args.to_dict())
+    except ValidationError as error:
+        raise InvalidInput("some query parameters are invalid: correct them and send again",
+                           {"fields": error.messages}) from None
+    return schemas.MessagesOut().dump(_ctx().campaigns.run_messages(g.tenant_id, run_id, **page))
+
+
 @api.get("/settings")
 @requires_session
 def read_settings():

@@ -24,6 +24,8 @@ OPERATIONS = [
     ("post", "/api/campaigns/{campaign_id}/resume", "Resume where sending stopped", None, 200, "CampaignOut"),
     ("post", "/api/campaigns/{campaign_id}/cancel", "Cancel the current run", None, 200, "CampaignOut"),
     ("get", "/api/runs/{run_id}", "A run's counts and skipped rows", None, 200, None),
+    ("get", "/api/runs/{run_id}/messages", "A run's texts, with whether and how each was logged in iMIS", None,
+     200, "MessagesOut"),
     ("get", "/api/settings", "The organisation's settings", None, 200, "SettingsOut"),
     ("put", "/api/settings", "Change settings", "SettingsIn", 200, "SettingsOut"),
     ("post", "/api/texts/measure", "Encoding and segments of a text", "MeasureIn", 200, "MeasureOut"),

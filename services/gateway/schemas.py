@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
+from libs.common.imis_log import TEXT_LOG_MODES
 from libs.common.phones import is_valid_country
 from libs.common.texts import MAX_BODY_CHARS, measure
 
@@ -25,6 +26,11 @@ MAX_PROMPTS = 50
 # sender number can do; raise them here if a carrier ever allows more.
 MAX_DAILY_LIMIT = 1_000_000
 MAX_RUN_SEGMENT_LIMIT = 10_000_000
+TEXT_LOG_DESCRIPTION = (
+    "How each sent text is logged in iMIS: interaction (an SMS entry in the member's communication log, "
+    "on newer sites; a site without it gets a TEXTMSG activity instead), activity (a TEXTMSG activity, "
+    "whose activity type must exist in iMIS) or off (nothing is written)."
+)
 
 
 class CampaignIn(Schema):
@@ -140,6 +146,8 @@ class SettingsIn(Schema):
     timezone = fields.String()
     daily_limit = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_DAILY_LIMIT))
     run_segment_limit = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_RUN_SEGMENT_LIMIT))
+    imis_text_log = fields.String(validate=validate.OneOf(TEXT_LOG_MODES, error="must be one of {choices}"),
+                                  metadata={"description": TEXT_LOG_DESCRIPTION})
 
     @validates("default_country")
     def check_country(self, value: str, **kwargs) -> None:
@@ -191,6 +199,47 @@ class SettingsOut(Schema):
     timezone = fields.String()
     daily_limit = fields.Integer()
     run_segment_limit = fields.Integer()
+    imis_text_log = fields.String(metadata={"description": TEXT_LOG_DESCRIPTION})
+
+
+class MessagesQuery(Schema):
+    """Query string of `GET /api/runs/{run_id}/messages`."""
+
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class ImisLogOut(Schema):
+    """Whether and how iMIS recorded a sent text."""
+
+    status = fields.String(metadata={"description": (
+        "written, pending (the iMIS writer has not written it yet), off (the setting was off), failed "
+        "(iMIS rejected it) or missing (the sender could not hand it to the iMIS writer)")})
+    kind = fields.String(allow_none=True, metadata={"description": "interaction or activity (TEXTMSG)"})
+    key = fields.String(allow_none=True, metadata={"description": "the entry's key in iMIS (SEQN of an activity)"})
+    fallback = fields.Boolean(metadata={"description": "an activity written because the site takes no interactions"})
+    written_at = fields.DateTime(allow_none=True)
+    error = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+
+
+class MessageOut(Schema):
+    id = fields.String(attribute="_id")
+    member_id = fields.String()
+    to = fields.String()
+    status = fields.String()
+    sid = fields.String(allow_none=True, dump_default=None)
+    sent_at = fields.DateTime(allow_none=True, dump_default=None)
+    error_code = fields.Integer(allow_none=True, dump_default=None)
+    reason = fields.String(allow_none=True, dump_default=None)
+    imis_log = fields.Nested(ImisLogOut, allow_none=True, dump_default=None,
+                             metadata={"description": "null for a text not sent"})
+
+
+class MessagesOut(Schema):
+    messages = fields.List(fields.Nested(MessageOut))
+    total = fields.Integer()
+
 
 
 class PreviewSampleOut(Schema):

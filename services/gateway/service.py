@@ -16,6 +16,7 @@ from services.gateway.errors import Conflict, InvalidInput, NotFound
 logger = logging.getLogger(__name__)
 
 COUNT_NAMES = RUN_COUNTERS
+MESSAGE_FIELDS = ("member_id", "to", "status", "sid", "sent_at", "error_code", "reason", "imis_log")
 ACTIVE_RUN_STATUSES = ("due", "publishing", "queued", "expanding", "sending", "paused")
 
 
@@ -123,6 +124,20 @@ class CampaignService:
             skipped.extend(page.get("skipped", []))
         return {"run": run, "skipped": skipped[offset:offset + limit], "skipped_total": len(skipped)}
 
+    def run_messages(self, tenant_id: str, run_id: str, *, offset: int = 0, limit: int = 100) -> dict:
+        """Return a page of a run's texts, ordered by number, and how many there are; raise NotFound.
+
+        Each text carries `imis_log`, whether and how iMIS recorded it: the stored outcome,
+        `{"status": "pending"}` for a sent text the iMIS writer has not logged yet, or
+        None for a text that was not sent.
+        """
+        if self._db.runs.find_one({"_id": run_id, "tenant_id": tenant_id}, {"_id": 1}) is None:
+            raise NotFound(f"no run {run_id} in this organisation")
+        query = {"run_id": run_id, "tenant_id": tenant_id}
+        found = self._db.messages.find(query, dict.fromkeys(MESSAGE_FIELDS, 1)).sort("_id", 1).skip(offset).limit(limit)
+        return {"messages": [_with_imis_log(message) for message in found],
+                "total": self._db.messages.count_documents(query)}
+
     def _republish_parked(self, run_id: str, status: str) -> None:
         """Publish each text set aside with `status` again, moving it to `retrying` first.
 
@@ -172,3 +187,9 @@ class CampaignService:
             if run["_id"] == campaign.get("current_run_id"):
                 current = run
         return dict(campaign, counts=counts, current_run=current)
+
+
+def _with_imis_log(message: dict) -> dict:
+    if message.get("imis_log"):
+        return message
+    return dict(message, imis_log={"status": "pending"} if message.get("sent_at") else None)

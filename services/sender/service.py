@@ -16,6 +16,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from libs.common.broker import QUEUE_IMIS, Reject, Retry, tenant_jobs_queue
+from libs.common.imis_log import publish_sent_text
 from libs.common.logs import log_context
 from libs.common.progress import JOB_FIELDS, PARKED_STATUSES, SLOW_DOWN_CODES, RunProgress, backoff_s
 from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
@@ -342,7 +343,17 @@ class Sender:
             return
         if before.get("sent_at") is None:
             self._progress.count(job["run_id"], sent=1)
+            self._publish_sent_text(job, now)
         logger.info("sent as %s", sid)
+
+    def _publish_sent_text(self, job: dict, sent_at: datetime) -> None:
+        """Ask the iMIS writer to log a text that is recorded as sent.
+
+        A failed publish is not raised, because retrying the job would send the text
+        again: the message records the iMIS log as missing instead. A crash between the
+        record and the publish loses the event, and the message then shows no iMIS log.
+        """
+        publish_sent_text(self._broker, self._db, job, sent_at, clock=self._clock)
 
     def _on_twilio_error(self, job: dict, claim: Claim, tenant: Tenant, error: TwilioError, attempt: int) -> None:
         outcome = outcomes.classify(error.code, error.http_status, toll_free=tenant.sender_kind == "toll-free")

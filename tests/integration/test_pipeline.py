@@ -2,7 +2,8 @@
 
 Each broker gets one Stack for the module, with real HTTP to both simulators. On it,
 staff send the demo campaign twice (the second run must skip the members who opted
-out in the first), then the fault tests run against the same stack.
+out in the first), then the fault tests run against the same stack. Every text sent
+must be logged in iMIS as one interaction.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ FAILED_AFTER_SENDING = tuple(number for number in UNDELIVERED_NUMBERS if number 
 SENT_COUNT = demo_data.DEMO_RECIPIENT_COUNT - len(OPTED_OUT_NUMBERS)
 DELIVERED_COUNT = SENT_COUNT - len(UNDELIVERED_NUMBERS)
 TEXTUNSUB_CATEGORY = "Text Manager"
+FIRST_CAMPAIGN = "First demo campaign"
+SECOND_CAMPAIGN = "Second demo campaign"
 
 
 def member_of_number() -> dict[str, str]:
@@ -115,10 +118,15 @@ class Pipelines:
         stack = self._start_stack(broker)
         staff = StaffApi(stack.gateway_url, username=demo_data.DEMO_STAFF_USER[0],
                          password=demo_data.DEMO_STAFF_USER[1], cloud_id=DEMO_CLOUD_ID)
-        first = _send_demo_campaign(stack, staff, "First demo campaign")
+        first = _send_demo_campaign(stack, staff, FIRST_CAMPAIGN)
         wait_until(lambda: len(_textunsub_activities(stack)) >= len(OPTED_OUT_NUMBERS),
                    "every opted-out member has a TEXTUNSUB activity")
-        second = _send_demo_campaign(stack, staff, "Second demo campaign")
+        wait_until(lambda: len(_interactions(stack, FIRST_CAMPAIGN)) >= SENT_COUNT,
+                   "every text of the first campaign is logged in iMIS")
+        second = _send_demo_campaign(stack, staff, SECOND_CAMPAIGN)
+        # The second campaign texts the same members as the first one sent to: all but the opted-out.
+        wait_until(lambda: len(_interactions(stack, SECOND_CAMPAIGN)) >= SENT_COUNT,
+                   "every text of the second campaign is logged in iMIS")
         return DemoPipeline(stack=stack, staff=staff, first=first, second=second)
 
 
@@ -133,6 +141,15 @@ def _send_demo_campaign(stack, staff: StaffApi, name: str) -> CampaignOutcome:
 
 def _textunsub_activities(stack) -> list[dict]:
     return [activity for activity in stack.imis.activities() if activity["activity_type"] == "TEXTUNSUB"]
+
+
+def _interactions(stack, campaign_name: str) -> list[dict]:
+    """Return the communication log entries of one campaign's texts, found by their subject."""
+    return [entry for entry in stack.imis.communication_log() if entry["subject"] == f"Text Manager: {campaign_name}"]
+
+
+def _accepted_members(outcome: CampaignOutcome) -> list[str]:
+    return sorted(MEMBER_OF_NUMBER[create["to"]] for create in outcome.creates if create["sid"])
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +278,65 @@ def test_sids_recorded(pipelines, backend):
     assert all(demo.first.messages[f"{run_id}:{create['to']}"].get("sid") == create["sid"] for create in accepted)
 
 
+@each_backend
+def test_each_sent_text_logged(pipelines, backend):
+    demo = pipelines.demo(backend)
+
+    interactions = _interactions(demo.stack, FIRST_CAMPAIGN)
+
+    assert len(interactions) == SENT_COUNT
+    assert sorted(entry["recipient_id"] for entry in interactions) == _accepted_members(demo.first)
+    assert {entry["message_type"] for entry in interactions} == {1}
+
+
+@each_backend
+def test_logged_text_has_body(pipelines, backend):
+    demo = pipelines.demo(backend)
+    member = MEMBER_OF_NUMBER[UNDELIVERED_NUMBERS[0]]
+
+    entries = [entry for entry in _interactions(demo.stack, FIRST_CAMPAIGN) if entry["recipient_id"] == member]
+
+    assert len(entries) == 1
+    assert entries[0]["html"].startswith("Hello ")
+    assert entries[0]["html"].endswith(", this is the Demo Association.")
+
+
+@each_backend
+def test_opted_out_texts_not_logged(pipelines, backend):
+    demo = pipelines.demo(backend)
+    opted_out_members = {MEMBER_OF_NUMBER[number] for number in OPTED_OUT_NUMBERS}
+
+    logged = {entry["recipient_id"] for entry in demo.stack.imis.communication_log()}
+
+    assert logged & opted_out_members == set()
+
+
+@each_backend
+def test_messages_record_imis_key(pipelines, backend):
+    demo = pipelines.demo(backend)
+    keys = {entry["key"] for entry in _interactions(demo.stack, FIRST_CAMPAIGN)}
+
+    messages = list(demo.stack.runtime.db.messages.find({"run_id": demo.first.run["id"], "sent_at": {"$ne": None}}))
+
+    assert len(messages) == SENT_COUNT
+    assert {message["imis_log"]["status"] for message in messages} == {"written"}
+    assert {message["imis_log"]["kind"] for message in messages} == {"interaction"}
+    assert {message["imis_log"]["key"] for message in messages} == keys
+
+
+@each_backend
+def test_messages_api_shows_imis_log(pipelines, backend):
+    demo = pipelines.demo(backend)
+
+    response = demo.staff.get(f"/api/runs/{demo.first.run['id']}/messages?limit=1000")
+
+    assert response.status_code == 200
+    page = response.json()
+    assert page["total"] == demo_data.DEMO_RECIPIENT_COUNT
+    logs = Counter((message["imis_log"] or {}).get("status") for message in page["messages"])
+    assert logs == {"written": SENT_COUNT, None: len(OPTED_OUT_NUMBERS)}
+
+
 @pytest.mark.rabbitmq
 def test_brokers_agree(pipelines):
     on_memory = pipelines.demo("memory").first.run
@@ -300,6 +376,15 @@ def test_second_campaign_spares_opted_out(pipelines, backend):
 @each_backend
 def test_second_campaign_writes_no_activity(pipelines, backend):
     assert len(_textunsub_activities(pipelines.demo(backend).stack)) == len(OPTED_OUT_NUMBERS)
+
+
+@each_backend
+def test_second_campaign_texts_logged(pipelines, backend):
+    demo = pipelines.demo(backend)
+
+    interactions = _interactions(demo.stack, SECOND_CAMPAIGN)
+
+    assert sorted(entry["recipient_id"] for entry in interactions) == _accepted_members(demo.second)
 
 
 # ------------------------------------------------------------------ forged status callbacks

@@ -19,6 +19,7 @@ import requests
 from libs.common.clock import FakeClock
 from local import demo_data
 from local.stack import DEMO_CLOUD_ID, Stack
+from tests.conftest import wait_until
 
 try:
     from selenium import webdriver
@@ -229,6 +230,7 @@ def test_campaign_end_to_end(stack, browser):
              == demo_data.DEMO_SKIPPED_COUNT + demo_data.DEMO_DUPLICATE_COUNT, "every skipped row shows")
     reasons = set(texts_of(browser, "#skipped-rows td.reason"))
     counts = dict(zip(texts_of(browser, "[data-count]", "data-count"), texts_of(browser, "[data-count]")))
+    imis_logs, imis_log_texts = texts_panel_after_logging(browser, stack, campaign_id)
 
     browser.find_element(By.CSS_SELECTOR, "[data-nav=home]").click()
     wait_for(browser, lambda d: text_of(d, "[data-stage=completed]") not in ("", "–"), "the dashboard shows")
@@ -245,7 +247,26 @@ def test_campaign_end_to_end(stack, browser):
     assert text_of(browser, "[data-figure=daily_limit]") == f"{accepted} / 3,000"
     assert text_of(browser, "[data-figure=performance_level]") == "Flex-Pay per text usage"
     assert text_of(browser, "[data-stage=completed]") == "1"
+    assert set(imis_logs) == {"written", "none"}
+    assert all(text.startswith("Interaction ") for log, text in zip(imis_logs, imis_log_texts) if log == "written")
     assert script_errors(browser) == []
+
+
+def texts_panel_after_logging(browser, stack, campaign_id: str) -> tuple[list[str], list[str]]:
+    """Wait until iMIS has logged every sent text, refresh the Texts panel, and return its first page.
+
+    Returns the `data-imis-log` status and the text of each row's iMIS log cell.
+    """
+    run_id = stack.runtime.db.runs.find_one({"campaign_id": campaign_id})["_id"]
+    sent = {"run_id": run_id, "sent_at": {"$ne": None}}
+    wait_until(lambda: stack.runtime.db.messages.count_documents(sent)
+               == stack.runtime.db.messages.count_documents({**sent, "imis_log.status": "written"}),
+               "every sent text is logged in iMIS")
+    browser.find_element(By.ID, "reload-texts").click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#run-texts tbody tr")) == 100,
+             "the first page of texts shows")
+    return (texts_of(browser, "#run-texts td[data-imis-log]", "data-imis-log"),
+            texts_of(browser, "#run-texts td[data-imis-log]"))
 
 
 def test_schedule_campaign(stack, browser):
@@ -368,6 +389,25 @@ def test_settings_save(stack, browser):
         assert tenant.imis_password == "svc-secret"
     finally:
         stack.runtime.tenants.update(DEMO_CLOUD_ID, {"daily_limit": 3000})
+
+
+def test_settings_text_log_choice(stack, browser):
+    signed_in(browser, stack)
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=settings]").click()
+    choice = wait_for(browser, lambda d: d.find_element(By.NAME, "imis_text_log").get_attribute("value")
+                      and d.find_element(By.NAME, "imis_text_log"), "the settings show")
+    options = texts_of(browser, "select[name=imis_text_log] option", "value")
+    selected = choice.get_attribute("value")
+    try:
+        browser.find_element(By.CSS_SELECTOR, "select[name=imis_text_log] option[value=activity]").click()
+        browser.find_element(By.ID, "save-settings").click()
+        wait_for(browser, lambda d: text_of(d, "#settings-status") == "Settings saved.", "the settings are saved")
+
+        assert stack.runtime.tenants.get(DEMO_CLOUD_ID).imis_text_log == "activity"
+    finally:
+        stack.runtime.tenants.update(DEMO_CLOUD_ID, {"imis_text_log": "interaction"})
+    assert options == ["interaction", "activity", "off"]
+    assert selected == "interaction"
 
 
 def test_settings_invalid(stack, browser):

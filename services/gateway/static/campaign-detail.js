@@ -1,4 +1,4 @@
-// One campaign: counts, Pause / Resume / Cancel, archive, sending, the run's error and skipped rows.
+// One campaign: counts, Pause / Resume / Cancel, archive, sending, the run's error, skipped rows and texts.
 
 import { callApi } from "./api.js";
 import { buildSendPanel } from "./campaign-send.js";
@@ -6,6 +6,7 @@ import { el, fill, formatDateTime, formatNumber, statusBadge } from "./dom.js";
 import { errorBox, showError, clearErrors, whileBusy } from "./forms.js";
 import { buildPreviewPanel } from "./preview.js";
 import { buildRunReport } from "./run-report.js";
+import { buildRunTexts } from "./run-texts.js";
 
 const REFRESH_MS = 2000;
 const LIVE_STATUSES = ["sending", "paused", "scheduled"];
@@ -61,7 +62,10 @@ export function renderCampaignDetail(container, { page, params }) {
     const runKey = run ? `${run.id}:${run.status}:${run.counts.skipped}` : null;
     if (runKey !== state.runKey) {
       state.runKey = runKey;
-      if (run) view.report.load(run.id);
+      if (run) {
+        view.report.load(run.id);
+        view.texts.load(run.id);
+      }
     }
   }
 
@@ -133,6 +137,7 @@ function buildView(campaignId) {
     details: el("dl", { className: "details" }),
     runDetails: el("dl", { className: "details", id: "run-details" }),
     report: buildRunReport(),
+    texts: buildRunTexts(),
     onSent: () => {},
   };
   view.root = el("div", { className: "campaign-detail" },
@@ -146,6 +151,7 @@ function buildView(campaignId) {
        el("section", { className: "panel" }, el("h2", {}, "Campaign"), view.details),
        el("section", { className: "panel" }, el("h2", {}, "Current run"), view.runDetails)),
     view.report.panel,
+    view.texts.panel,
     view.sendSlotBottom);
   return view;
 }

@@ -18,6 +18,8 @@ const GROUPS = [
     ["imis_base_url", "iMIS address", "url", "The base address of your iMIS site, such as https://members.example.org."],
     ["imis_username", "Service account username", "text", "The iMIS user Text Manager reads IQA queries as."],
     ["imis_password", "Service account password", "secret"],
+    ["imis_text_log", "Log each sent text in iMIS as", "text_log",
+     "An interaction is an SMS entry in the member's communication log (newer iMIS sites); a site without it gets a TEXTMSG activity instead. A TEXTMSG activity needs that activity type in iMIS."],
   ]],
   ["Twilio", [
     ["twilio_account_sid", "Account SID", "text", "AC followed by 32 hex digits."],
@@ -35,6 +37,8 @@ const GROUPS = [
   ]],
 ];
 const NUMBER_KINDS = ["rate", "count"];
+const TEXT_LOG_CHOICES = [["interaction", "Interaction (communication log)"], ["activity", "TEXTMSG activity"],
+                          ["off", "Off: do not log texts"]];
 
 export function renderSettings(container, { page }) {
   const inputs = {};
@@ -86,6 +90,9 @@ function timeZoneList() {
 function buildInput(name, kind) {
   if (kind === "sender_kind") {
     return el("select", { name }, ["toll-free", "long-code", "short-code"].map((value) => el("option", { value }, value)));
+  }
+  if (kind === "text_log") {
+    return el("select", { name }, TEXT_LOG_CHOICES.map(([value, label]) => el("option", { value }, label)));
   }
   if (kind === "rate") return el("input", { name, type: "number", min: 0.1, max: 1000, step: 0.1 });
   if (kind === "count") return el("input", { name, type: "number", min: 0, step: 1 });

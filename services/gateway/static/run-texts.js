@@ -1,0 +1,88 @@
+// The texts of one run, a page at a time, with whether and how each was logged in iMIS.
+
+import { callApi } from "./api.js";
+import { el, fill, formatDateTime, formatNumber } from "./dom.js";
+
+const PAGE_SIZE = 100;
+
+/** Return the iMIS log of one text in words, as the Texts table shows it. */
+export function describeImisLog(log) {
+  if (!log) return "not sent";
+  if (log.status === "written") {
+    const entry = log.kind === "interaction" ? "Interaction" : "TEXTMSG activity";
+    const key = log.key ? ` ${log.key}` : "";
+    return log.fallback ? `${entry}${key} (the site takes no interactions)` : `${entry}${key}`;
+  }
+  if (log.status === "pending") return "waiting to be logged";
+  if (log.status === "off") return "not logged: the iMIS log is off in Settings";
+  if (log.status === "failed") return `failed: ${log.error || "iMIS rejected the entry"}`;
+  if (log.status === "missing") return `missing: ${log.reason || "the entry was never requested"}`;
+  return log.status;
+}
+
+/** Build the texts panel; call `load(runId)` to show a run's texts from the start. */
+export function buildRunTexts() {
+  const summary = el("p", { className: "hint", id: "texts-summary" });
+  const body = el("tbody");
+  const more = el("button", { type: "button", className: "button button-quiet", hidden: true }, "Show more");
+  const reload = el("button", { type: "button", className: "button button-quiet", id: "reload-texts" }, "Refresh");
+  const error = el("div", { className: "page-error", role: "alert", hidden: true });
+  const panel = el("section", { className: "panel", id: "texts-panel", hidden: true },
+    el("h2", {}, "Texts"), summary, error,
+    el("table", { className: "data-table", id: "run-texts" },
+       el("thead", {}, el("tr", {},
+          el("th", { scope: "col" }, "Number"), el("th", { scope: "col" }, "Member ID"),
+          el("th", { scope: "col" }, "Status"), el("th", { scope: "col" }, "Sent"),
+          el("th", { scope: "col" }, "iMIS log"))),
+       body),
+    el("div", { className: "form-actions" }, more, reload));
+
+  // `generation` changes on every load from the start, so a page that arrives after a newer load began is dropped.
+  const state = { runId: null, offset: 0, generation: 0 };
+  async function loadPage() {
+    const generation = state.generation;
+    try {
+      const page = await callApi("GET", `/api/runs/${state.runId}/messages?offset=${state.offset}&limit=${PAGE_SIZE}`);
+      if (generation !== state.generation) return;
+      error.hidden = true;
+      appendRows(body, page.messages);
+      state.offset += page.messages.length;
+      fill(summary, `${formatNumber(page.total)} texts in this run.`);
+      more.hidden = state.offset >= page.total;
+      panel.hidden = page.total === 0;
+    } catch (failure) {
+      if (generation !== state.generation) return;
+      fill(error, `The texts could not be loaded: ${failure.message}`);
+      error.hidden = false;
+      panel.hidden = false;
+    }
+  }
+  function loadFromStart() {
+    state.generation += 1;
+    state.offset = 0;
+    body.replaceChildren();
+    return loadPage();
+  }
+  more.addEventListener("click", loadPage);
+  reload.addEventListener("click", loadFromStart);
+
+  return {
+    panel,
+    load(runId) {
+      state.runId = runId;
+      return loadFromStart();
+    },
+  };
+}
+
+function appendRows(body, messages) {
+  for (const message of messages) {
+    const log = message.imis_log;
+    body.appendChild(el("tr", { "data-message": message.id },
+      el("td", {}, message.to),
+      el("td", {}, message.member_id || "–"),
+      el("td", {}, message.status),
+      el("td", {}, message.sent_at ? formatDateTime(message.sent_at) : "–"),
+      el("td", { "data-imis-log": log ? log.status : "none" }, describeImisLog(log))));
+  }
+}
