@@ -22,7 +22,8 @@ def main() -> int:
         print(f"cannot start on port {port}: {error}. Set PORT to a free port, e.g. PORT=8080 make demo",
               file=sys.stderr)
         return 1
-    print(f"Sign in with user demo, password demo, Cloud ID {DEMO_CLOUD_ID}.", flush=True)
+    print(f"Sign in with user demo, password demo, Cloud ID {DEMO_CLOUD_ID} (an administrator), or with "
+          "user staff, password staff, who sees the settings read-only.", flush=True)
     print(f"Text Manager is ready at {stack.gateway_url}", flush=True)
     print(f"Sent texts logged in the iMIS simulator: {stack.imis.url}/_sim/communication-log", flush=True)
     stop.wait()

@@ -17,7 +17,11 @@ DEMO_QUERY_PATH = "$/TextManager/Demo Members"
 BENCH_QUERY_PATH = "$/TextManager/Bench"
 MEMBER_COLUMNS = ["ID", "FirstName", "LastName", "Mobile"]
 
+# The demo's sign-in user is the organisation's administrator. The second staff user
+# is not, so it sees the settings read-only but runs campaigns all the same.
 DEMO_STAFF_USER = ("demo", "demo")
+DEMO_NON_ADMIN_USER = ("staff", "staff")
+DEMO_ADMINS = (DEMO_STAFF_USER[0],)
 DEMO_SERVICE_USER = ("textmanager-svc", "svc-secret")
 DEMO_DEFAULT_COUNTRY = "US"
 _TOTAL_ROWS = 250
@@ -198,6 +202,7 @@ DEMO_UNDELIVERED = {
 def seed_imis(sim: ImisSimulator) -> None:
     """Add the demo users and the demo query to an iMIS simulator."""
     sim.add_user(*DEMO_STAFF_USER)
+    sim.add_user(*DEMO_NON_ADMIN_USER)
     sim.add_user(*DEMO_SERVICE_USER)
     sim.add_query(DEMO_QUERY_PATH, MEMBER_COLUMNS, build_demo_members())
 

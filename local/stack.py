@@ -126,6 +126,7 @@ class Stack:
             imis_password=password, twilio_account_sid=DEMO_TWILIO_SID, twilio_auth_token=DEMO_TWILIO_TOKEN,
             sender_number=DEMO_SENDER, sender_rate_sps=self.sender_rate_sps,
             default_country=demo_data.DEMO_DEFAULT_COUNTRY, default_email="admin@demo-association.example",
+            admins=demo_data.DEMO_ADMINS,
         ))
         self.twilio.set_opted_out(demo_data.DEMO_TWILIO_OPTED_OUT)
         self.twilio.set_undelivered(dict(demo_data.DEMO_UNDELIVERED))

@@ -5,13 +5,14 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 from marshmallow import Schema, ValidationError
 
-from libs.common.imis import ImisAuthError, ImisClient, ImisError
 from libs.common.phones import check_number
+from libs.common.tenants import Tenant
 from libs.common.texts import measure
 from services.gateway import schemas
 from services.gateway.auth import COOKIE_NAME, login_required, sign_in
 from services.gateway.errors import InvalidInput
 from services.gateway.preview import CampaignPreview
+from services.gateway.tenant_settings import change_settings
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -39,9 +40,9 @@ def create_session():
     """Sign in with iMIS user name, password and Cloud ID; set the session cookie."""
     data = load(schemas.SessionIn())
     ctx = _ctx()
-    sign_in(ctx.runtime.tenants, cloud_id=data["cloud_id"], username=data["username"], password=data["password"],
-            timeout_s=ctx.runtime.settings.imis_timeout_s)
-    token, session = ctx.sessions.create(data["cloud_id"], data["username"])
+    tenant = sign_in(ctx.runtime.tenants, cloud_id=data["cloud_id"], username=data["username"],
+                     password=data["password"], timeout_s=ctx.runtime.settings.imis_timeout_s)
+    token, session = ctx.sessions.create(data["cloud_id"], data["username"], is_admin=tenant.is_admin(data["username"]))
     response = jsonify(schemas.SessionOut().dump(session))
     response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="Lax", secure=ctx.runtime.settings.secure_cookies,
                         max_age=int(ctx.runtime.settings.session_hours * 3600))
@@ -51,8 +52,9 @@ def create_session():
 @api.get("/session")
 @requires_session
 def read_session():
-    """Return who is signed in and the CSRF token to send with changes."""
-    return schemas.SessionOut().dump(g.session)
+    """Return who is signed in, whether they are an administrator, and the CSRF token to send with changes."""
+    _, session = _tenant_and_session()
+    return schemas.SessionOut().dump(session)
 
 
 @api.delete("/session")
@@ -153,19 +155,20 @@ def list_run_messages(run_id: str):
 @api.get("/settings")
 @requires_session
 def read_settings():
-    """Return the organisation's settings; secrets only as whether they are set."""
-    return schemas.SettingsOut().dump(_ctx().runtime.tenants.get(g.tenant_id).public_view())
+    """Return the organisation's settings, secrets only as whether they are set, and who may change them."""
+    tenant, session = _tenant_and_session()
+    return schemas.SettingsOut().dump(dict(tenant.public_view(), is_admin=session["is_admin"]))
 
 
 @api.put("/settings")
 @requires_session
 def update_settings():
-    """Change settings; an omitted or empty secret keeps its stored value."""
+    """Change settings or the administrator list (administrators only); an omitted or empty secret keeps its value."""
     data = load(schemas.SettingsIn())
-    if {"imis_base_url", "imis_username", "imis_password"} & set(data):
-        _check_imis_account(_ctx().runtime.tenants.get(g.tenant_id), data)
-    tenant = _ctx().runtime.tenants.update(g.tenant_id, data)
-    return schemas.SettingsOut().dump(tenant.public_view())
+    tenant = change_settings(_ctx().runtime.tenants, g.tenant_id, g.session["username"], data)
+    is_admin = tenant.is_admin(g.session["username"])
+    _ctx().sessions.refresh_admin(g.session, is_admin)
+    return schemas.SettingsOut().dump(dict(tenant.public_view(), is_admin=is_admin))
 
 
 @api.post("/texts/measure")
@@ -186,21 +189,8 @@ def check_phone_number():
     return schemas.PhoneCheckOut().dump(check_number(number, country))
 
 
-def _check_imis_account(tenant, changes: dict) -> None:
-    """Raise InvalidInput unless iMIS accepts the service account as it would be saved.
-
-    Staff sign in against the stored iMIS address, so saving a wrong one would lock
-    every staff member out.
-    """
-    base_url = changes.get("imis_base_url", tenant.imis_base_url)
-    username = changes.get("imis_username", tenant.imis_username)
-    password = changes.get("imis_password") or tenant.imis_password
-    try:
-        with ImisClient(base_url, timeout_s=10.0, max_retries=1) as client:
-            client.get_token(username, password)
-    except ImisAuthError:
-        raise InvalidInput(f"iMIS at {base_url} did not accept the service account {username!r}: "
-                           "check the user name and password", {"fields": {"imis_password": ["not accepted"]}}) from None
-    except ImisError as error:
-        raise InvalidInput(f"iMIS at {base_url} cannot be reached ({error.message}): check the address",
-                           {"fields": {"imis_base_url": ["not reachable"]}}) from None
+def _tenant_and_session() -> tuple[Tenant, dict]:
+    """Return the signed-in user's tenant and session, with the session's administrator flag read from the tenant."""
+    tenant = _ctx().runtime.tenants.get(g.tenant_id)
+    session = _ctx().sessions.refresh_admin(g.session, tenant.is_admin(g.session["username"]))
+    return tenant, session

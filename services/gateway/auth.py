@@ -12,7 +12,7 @@ from flask import g, request
 from pymongo.database import Database
 
 from libs.common.imis import ImisAuthError, ImisClient, ImisError, ImisUnavailable
-from libs.common.tenants import TenantNotFound, TenantRepository
+from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
 from services.gateway.errors import CsrfFailed, NotSignedIn, SignInFailed, UpstreamUnavailable
 
 COOKIE_NAME = "tm_session"
@@ -35,13 +35,19 @@ class SessionStore:
         self._clock = clock
         self._lifetime = timedelta(hours=lifetime_hours)
 
-    def create(self, tenant_id: str, username: str) -> tuple[str, dict]:
+    def create(self, tenant_id: str, username: str, *, is_admin: bool = False) -> tuple[str, dict]:
         """Store a new session; return the cookie value and the session."""
         token = secrets.token_urlsafe(32)
-        session = {"_id": self._digest(token), "tenant_id": tenant_id, "username": username,
+        session = {"_id": self._digest(token), "tenant_id": tenant_id, "username": username, "is_admin": is_admin,
                    "csrf_token": secrets.token_urlsafe(32), "expires_at": self._clock.now() + self._lifetime}
         self._sessions.insert_one(session)
         return token, session
+
+    def refresh_admin(self, session: dict, is_admin: bool) -> dict:
+        """Store whether the session's user is an administrator, as read from the tenant; return the session."""
+        if session.get("is_admin") != is_admin:
+            self._sessions.update_one({"_id": session["_id"]}, {"$set": {"is_admin": is_admin}})
+        return dict(session, is_admin=is_admin)
 
     def find(self, token: str | None) -> dict | None:
         if not token:
@@ -59,8 +65,8 @@ class SessionStore:
         return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()
 
 
-def sign_in(tenants: TenantRepository, *, cloud_id: str, username: str, password: str, timeout_s: float) -> None:
-    """Check the staff member's iMIS credentials; raise SignInFailed or UpstreamUnavailable."""
+def sign_in(tenants: TenantRepository, *, cloud_id: str, username: str, password: str, timeout_s: float) -> Tenant:
+    """Check the staff member's iMIS credentials; return the tenant, or raise SignInFailed or UpstreamUnavailable."""
     try:
         tenant = tenants.get(cloud_id)
     except TenantNotFound:
@@ -78,6 +84,7 @@ def sign_in(tenants: TenantRepository, *, cloud_id: str, username: str, password
                                   "Try again later, or ask your administrator to check the iMIS address") from None
     except ImisError as error:
         raise UpstreamUnavailable(f"iMIS sign-in failed: {error.message}") from None
+    return tenant
 
 
 def login_required(sessions_getter):

@@ -38,6 +38,11 @@ class CsrfFailed(ApiError):
     code = "csrf_failed"
 
 
+class NotAdministrator(ApiError):
+    status = 403
+    code = "not_administrator"
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"

@@ -27,7 +27,8 @@ OPERATIONS = [
     ("get", "/api/runs/{run_id}/messages", "A run's texts, with whether and how each was logged in iMIS", None,
      200, "MessagesOut"),
     ("get", "/api/settings", "The organisation's settings", None, 200, "SettingsOut"),
-    ("put", "/api/settings", "Change settings", "SettingsIn", 200, "SettingsOut"),
+    ("put", "/api/settings", "Change settings or the administrator list (administrators only)", "SettingsIn", 200,
+     "SettingsOut"),
     ("post", "/api/texts/measure", "Encoding and segments of a text", "MeasureIn", 200, "MeasureOut"),
     ("post", "/api/phone-numbers/check", "Normalise and check a number", "PhoneCheckIn", 200, "PhoneCheckOut"),
     ("get", "/api/openapi.json", "This OpenAPI description", None, 200, None),
@@ -47,6 +48,11 @@ OPERATIONS = [
 # Operations that need no session: signing in, and reading this description.
 PUBLIC_OPERATIONS = {("post", "/api/session"), ("get", "/api/openapi.json")}
 
+# Error responses of one operation, besides the 401 and 422 that every operation lists.
+OPERATION_ERRORS = {
+    ("put", "/api/settings"): {"403": "not an administrator: the message names the organisation's administrators"},
+}
+
 SCHEMA_NAMES = sorted({name for op in OPERATIONS for name in (op[3], op[5]) if name})
 
 
@@ -65,6 +71,8 @@ def build_spec() -> dict:
         operation = _operation(path, summary, request_schema, status, response_schema)
         if (method, path) not in PUBLIC_OPERATIONS:
             operation["security"] = [{"session": []}]
+        for status_code, description in OPERATION_ERRORS.get((method, path), {}).items():
+            operation["responses"][status_code] = _error_response(description)
         paths.setdefault(path, {})[method] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
@@ -79,11 +87,10 @@ def _schema_class(name: str) -> type:
 
 
 def _operation(path: str, summary: str, request_schema: str | None, status: int, response_schema: str | None) -> dict:
-    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     operation = {"summary": summary, "responses": {
         str(status): {"description": "success"},
-        "401": dict(error, description="not signed in"),
-        "422": dict(error, description="invalid input"),
+        "401": _error_response("not signed in"),
+        "422": _error_response("invalid input"),
     }}
     if response_schema:
         operation["responses"][str(status)]["content"] = {"application/json": {"schema": response_schema}}
@@ -94,3 +101,8 @@ def _operation(path: str, summary: str, request_schema: str | None, status: int,
         operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                                    for name in parameters]
     return operation
+
+
+def _error_response(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}

@@ -7,6 +7,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates, va
 from libs.common.imis_log import TEXT_LOG_MODES
 from libs.common.phones import is_valid_country
 from libs.common.texts import MAX_BODY_CHARS, measure
+from services.gateway.tenant_settings import clean_admins
 
 
 class SessionIn(Schema):
@@ -19,6 +20,7 @@ class SessionOut(Schema):
     username = fields.String()
     cloud_id = fields.String(attribute="tenant_id")
     csrf_token = fields.String()
+    is_admin = fields.Boolean(metadata={"description": "whether the user may change the organisation's settings"})
 
 
 MAX_PROMPTS = 50
@@ -127,6 +129,19 @@ class PhoneCheckOut(Schema):
     reason = fields.String(allow_none=True)
 
 
+class AdminList(fields.List):
+    """A list of administrators' iMIS user names, loaded without surrounding spaces."""
+
+    def __init__(self, **kwargs):
+        super().__init__(fields.String(), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> tuple[str, ...]:
+        try:
+            return clean_admins(super()._deserialize(value, attr, data, **kwargs))
+        except ValueError as error:
+            raise ValidationError(str(error)) from None
+
+
 class SettingsIn(Schema):
     name = fields.String(validate=validate.Length(min=1, max=200))
     imis_base_url = fields.Url(require_tld=False, schemes={"http", "https"})
@@ -148,6 +163,7 @@ class SettingsIn(Schema):
     run_segment_limit = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_RUN_SEGMENT_LIMIT))
     imis_text_log = fields.String(validate=validate.OneOf(TEXT_LOG_MODES, error="must be one of {choices}"),
                                   metadata={"description": TEXT_LOG_DESCRIPTION})
+    admins = AdminList(metadata={"description": "the iMIS user names of the administrators, at least one"})
 
     @validates("default_country")
     def check_country(self, value: str, **kwargs) -> None:
@@ -200,6 +216,10 @@ class SettingsOut(Schema):
     daily_limit = fields.Integer()
     run_segment_limit = fields.Integer()
     imis_text_log = fields.String(metadata={"description": TEXT_LOG_DESCRIPTION})
+    admins = fields.List(fields.String(), metadata={
+        "description": "the iMIS user names of the staff who may change the settings; empty until an operator "
+                       "names one"})
+    is_admin = fields.Boolean(metadata={"description": "whether the signed-in user may change the settings"})
 
 
 class MessagesQuery(Schema):

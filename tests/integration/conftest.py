@@ -147,16 +147,23 @@ class GatewayWorld:
     runtime: object
     app: object
     users: dict[str, StaffUser] = field(default_factory=dict)
+    non_admins: dict[str, StaffUser] = field(default_factory=dict)
 
     def client(self):
         return self.app.test_client()
 
     def sign_in(self, cloud_id: str):
-        """Return (test client with the session cookie, CSRF token) for the tenant's staff user."""
-        user = self.users[cloud_id]
+        """Return (test client with the session cookie, CSRF token) for the tenant's administrator."""
+        return self.sign_in_as(self.users[cloud_id])
+
+    def sign_in_non_admin(self, cloud_id: str):
+        """Return (test client with the session cookie, CSRF token) for a staff member who is no administrator."""
+        return self.sign_in_as(self.non_admins[cloud_id])
+
+    def sign_in_as(self, user: StaffUser):
         client = self.client()
         response = client.post("/api/session", json={"username": user.username, "password": user.password,
-                                                     "cloud_id": cloud_id})
+                                                     "cloud_id": user.cloud_id})
         assert response.status_code == 201, response.get_data(as_text=True)
         return client, response.get_json()["csrf_token"]
 
@@ -178,10 +185,16 @@ def closed_port_url() -> str:
 
 
 # Tenants of the gateway world: (Cloud ID, staff user, staff password, service user, service password).
+# The staff user is the tenant's administrator.
 WORLD_TENANTS = (
     ("ALPHA", "alpha-staff", "alpha-staff-pass-20c1", "alpha-svc", "alpha-svc-secret-9d41"),
     ("BETA", "beta-staff", "beta-staff-pass-73fe", "beta-svc", "beta-svc-secret-5a02"),
 )
+# A staff member of each tenant who is no administrator: (user, password).
+WORLD_NON_ADMINS = {
+    "ALPHA": ("alpha-clerk", "alpha-clerk-pass-6e1d"),
+    "BETA": ("beta-clerk", "beta-clerk-pass-0b94"),
+}
 UNREACHABLE_CLOUD_ID = "NOWHERE"
 
 
@@ -199,9 +212,11 @@ def gateway_world():
     for index, (cloud_id, staff, staff_password, service, service_password) in enumerate(WORLD_TENANTS):
         imis.add_user(staff, staff_password)
         imis.add_user(service, service_password)
-        runtime.tenants.save(_world_tenant(cloud_id, imis_url, service, service_password, index))
+        imis.add_user(*WORLD_NON_ADMINS[cloud_id])
+        runtime.tenants.save(world_tenant(cloud_id, imis_url, service, service_password, index, admins=(staff,)))
         world.users[cloud_id] = StaffUser(cloud_id, staff, staff_password)
-    runtime.tenants.save(_world_tenant(UNREACHABLE_CLOUD_ID, closed_port_url(), "svc", "svc-secret", 9))
+        world.non_admins[cloud_id] = StaffUser(cloud_id, *WORLD_NON_ADMINS[cloud_id])
+    runtime.tenants.save(world_tenant(UNREACHABLE_CLOUD_ID, closed_port_url(), "svc", "svc-secret", 9))
     world.users[UNREACHABLE_CLOUD_ID] = StaffUser(UNREACHABLE_CLOUD_ID, "alpha-staff", "alpha-staff-pass-20c1")
 
     yield world
@@ -209,10 +224,11 @@ def gateway_world():
     imis.stop()
 
 
-def _world_tenant(cloud_id: str, imis_url: str, service: str, service_password: str, index: int) -> Tenant:
+def world_tenant(cloud_id: str, imis_url: str, service: str, service_password: str, index: int,
+                 admins: tuple[str, ...] = ()) -> Tenant:
     return Tenant(
         cloud_id=cloud_id, name=f"{cloud_id.title()} Association", imis_base_url=imis_url, imis_username=service,
         imis_password=service_password, twilio_account_sid="AC" + f"{index:02d}" * 16,
         twilio_auth_token=f"{cloud_id.lower()}-twilio-token-61be", sender_number=f"+1888555010{index}",
-        default_country="US", default_email=f"admin@{cloud_id.lower()}.example",
+        default_country="US", default_email=f"admin@{cloud_id.lower()}.example", admins=admins,
     )

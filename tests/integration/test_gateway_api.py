@@ -17,7 +17,16 @@ import pytest
 from local import demo_data
 from local.stack import DEMO_CLOUD_ID, DEMO_TWILIO_TOKEN
 from tests.conftest import wait_until
-from tests.integration.conftest import EMPTY_QUERY_PATH, UNREACHABLE_CLOUD_ID, WORLD_TENANTS, StaffApi
+from services.gateway import admin as admin_command
+from tests.integration.conftest import (
+    EMPTY_QUERY_PATH,
+    UNREACHABLE_CLOUD_ID,
+    WORLD_NON_ADMINS,
+    WORLD_TENANTS,
+    StaffApi,
+    StaffUser,
+    world_tenant,
+)
 
 ERROR_KEYS = {"error", "message", "details"}
 STATE_CHANGING_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -445,6 +454,199 @@ def test_future_run_waits(gateway_world, alpha):
     waiting = client.get(f"/api/campaigns/{campaign['id']}").get_json()
     assert waiting["status"] == "scheduled"
     assert waiting["current_run"]["status"] == "due"
+
+
+# ------------------------------------------------------------------ administrators
+
+
+ALPHA_ADMIN = WORLD_TENANTS[0][1]
+ALPHA_CLERK = WORLD_NON_ADMINS["ALPHA"][0]
+
+
+@pytest.fixture
+def alpha_clerk(gateway_world):
+    """(client, csrf token) of an ALPHA staff member who is no administrator."""
+    return gateway_world.sign_in_non_admin("ALPHA")
+
+
+@pytest.fixture
+def restore_settings(gateway_world):
+    """Give each tenant its administrator list and daily limit back after the test."""
+    yield
+    for cloud_id, staff, *_ in WORLD_TENANTS:
+        gateway_world.runtime.tenants.set_admins(cloud_id, (staff,))
+        gateway_world.runtime.tenants.update(cloud_id, {"daily_limit": 3000})
+
+
+def _put_settings(signed_in, body: dict):
+    client, csrf = signed_in
+    return client.put("/api/settings", json=body, headers={"X-CSRF-Token": csrf})
+
+
+def test_session_says_admin(alpha, alpha_clerk):
+    assert alpha[0].get("/api/session").get_json()["is_admin"] is True
+    assert alpha_clerk[0].get("/api/session").get_json()["is_admin"] is False
+
+
+def test_non_admin_reads_settings(alpha_clerk):
+    client, _ = alpha_clerk
+
+    response = client.get("/api/settings")
+
+    body = response.get_json()
+    assert response.status_code == 200
+    assert body["is_admin"] is False
+    assert body["admins"] == [ALPHA_ADMIN]
+    assert body["imis_password_set"] is True
+    assert [secret for secret in ALPHA_SECRETS if secret in response.get_data(as_text=True)] == []
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param({"name": "Clerk's Association"}, id="name"),
+    pytest.param({"daily_limit": 1}, id="limit"),
+    pytest.param({"sender_number": "+18885550999"}, id="sender"),
+    pytest.param({"twilio_account_sid": "AC" + "ef" * 16, "twilio_auth_token": "clerk-token"}, id="twilio"),
+    pytest.param({"imis_base_url": "http://127.0.0.1:9/", "imis_password": "guess"}, id="imis-address"),
+    pytest.param({"default_email": "clerk@alpha.example"}, id="email"),
+    pytest.param({"admins": [ALPHA_ADMIN, ALPHA_CLERK]}, id="add-self"),
+])
+@pytest.mark.usefixtures("restore_settings")
+def test_non_admin_cannot_change(gateway_world, alpha_clerk, body):
+    before = gateway_world.runtime.db.tenants.find_one({"_id": "ALPHA"})
+    token_requests = _token_requests(gateway_world)
+
+    response = _put_settings(alpha_clerk, body)
+
+    error = response.get_json()
+    assert response.status_code == 403
+    assert error["error"] == "not_administrator"
+    assert f"Ask an administrator of your organisation ({ALPHA_ADMIN})" in error["message"]
+    assert error["details"] == {"admins": [ALPHA_ADMIN]}
+    assert gateway_world.runtime.db.tenants.find_one({"_id": "ALPHA"}) == before
+    assert _token_requests(gateway_world) == token_requests
+
+
+def _token_requests(gateway_world) -> int:
+    return sum(1 for entry in gateway_world.imis.request_log() if entry["path"] == "/token")
+
+
+def test_non_admin_runs_campaigns(gateway_world, alpha_clerk):
+    client, csrf = alpha_clerk
+
+    campaign = _create_campaign(client, csrf, name="Clerk's campaign")
+    sent = _send(client, csrf, campaign["id"])
+
+    assert sent.status_code == 202
+    assert sent.get_json()["status"] == "sending"
+
+
+@pytest.mark.usefixtures("restore_settings")
+def test_added_admin_can_change_at_once(gateway_world, alpha, alpha_clerk):
+    """A staff member made an administrator needs no new sign-in."""
+    added = _put_settings(alpha, {"admins": [ALPHA_ADMIN, f"  {ALPHA_CLERK.upper()} "]})
+
+    changed = _put_settings(alpha_clerk, {"daily_limit": 2999})
+
+    assert added.status_code == 200
+    assert added.get_json()["admins"] == [ALPHA_ADMIN, ALPHA_CLERK.upper()]
+    assert changed.status_code == 200
+    assert changed.get_json()["is_admin"] is True
+    assert alpha_clerk[0].get("/api/session").get_json()["is_admin"] is True
+
+
+@pytest.mark.usefixtures("restore_settings")
+def test_removed_admin_refused_at_once(gateway_world, alpha):
+    _put_settings(alpha, {"admins": [ALPHA_ADMIN, ALPHA_CLERK]})
+    clerk = gateway_world.sign_in_non_admin("ALPHA")
+    assert clerk[0].get("/api/session").get_json()["is_admin"] is True
+
+    removed = _put_settings(alpha, {"admins": [ALPHA_ADMIN]})
+    refused = _put_settings(clerk, {"daily_limit": 1})
+
+    assert removed.status_code == 200
+    assert refused.status_code == 403
+    assert clerk[0].get("/api/session").get_json()["is_admin"] is False
+    assert gateway_world.runtime.tenants.get("ALPHA").daily_limit == 3000
+
+
+@pytest.mark.usefixtures("restore_settings")
+def test_admin_removes_self(gateway_world, alpha):
+    _put_settings(alpha, {"admins": [ALPHA_ADMIN, ALPHA_CLERK]})
+
+    response = _put_settings(alpha, {"admins": [ALPHA_CLERK]})
+    after = _put_settings(alpha, {"daily_limit": 1})
+
+    assert response.status_code == 200
+    assert response.get_json()["is_admin"] is False
+    assert after.status_code == 403
+    assert gateway_world.runtime.tenants.get("ALPHA").admins == (ALPHA_CLERK,)
+
+
+@pytest.mark.parametrize("admins, message", [
+    pytest.param([], "keep at least one administrator", id="none"),
+    pytest.param(["  "], "empty", id="blank"),
+    pytest.param([ALPHA_ADMIN, ALPHA_ADMIN.upper()], "listed twice", id="repeated"),
+    pytest.param(ALPHA_ADMIN, "Not a valid list", id="not-a-list"),
+])
+@pytest.mark.usefixtures("restore_settings")
+def test_invalid_admin_list(gateway_world, alpha, admins, message):
+    response = _put_settings(alpha, {"admins": admins})
+
+    body = response.get_json()
+    assert response.status_code == 422
+    assert message in " ".join(body["details"]["fields"]["admins"])
+    assert gateway_world.runtime.tenants.get("ALPHA").admins == (ALPHA_ADMIN,)
+
+
+@pytest.mark.usefixtures("restore_settings")
+def test_admin_of_alpha_cannot_change_beta(gateway_world, alpha):
+    """Administrators are per organisation: the same iMIS user signed in to BETA is not one there."""
+    beta_before = gateway_world.runtime.db.tenants.find_one({"_id": "BETA"})
+    admin_user = gateway_world.users["ALPHA"]
+    in_beta = gateway_world.sign_in_as(StaffUser("BETA", admin_user.username, admin_user.password))
+
+    in_beta_session = in_beta[0].get("/api/session").get_json()
+    refused = _put_settings(in_beta, {"daily_limit": 1, "admins": [admin_user.username]})
+    own = _put_settings(alpha, {"daily_limit": 2998})
+    smuggled = _put_settings(alpha, {"cloud_id": "BETA", "daily_limit": 1})
+
+    assert in_beta_session["cloud_id"] == "BETA"
+    assert in_beta_session["is_admin"] is False
+    assert refused.status_code == 403
+    assert "Ask an administrator of your organisation (beta-staff)" in refused.get_json()["message"]
+    assert own.status_code == 200
+    assert smuggled.status_code == 422
+    assert gateway_world.runtime.db.tenants.find_one({"_id": "BETA"}) == beta_before
+
+
+@pytest.fixture
+def legacy_tenant(gateway_world):
+    """LEGACY: a record written before administrators existed, on the world's iMIS; its staff user."""
+    service, service_password = WORLD_TENANTS[0][3], WORLD_TENANTS[0][4]
+    gateway_world.runtime.tenants.save(world_tenant("LEGACY", gateway_world.imis.url, service, service_password, 7))
+    gateway_world.runtime.db.tenants.update_one({"_id": "LEGACY"}, {"$unset": {"admins": ""}})
+    yield StaffUser("LEGACY", ALPHA_CLERK, WORLD_NON_ADMINS["ALPHA"][1])
+    gateway_world.runtime.db.tenants.delete_one({"_id": "LEGACY"})
+
+
+def test_legacy_tenant_has_no_admin(gateway_world, legacy_tenant, monkeypatch, capsys):
+    """Nobody may change a record without administrators until the operator names one."""
+    staff = gateway_world.sign_in_as(legacy_tenant)
+
+    settings = staff[0].get("/api/settings").get_json()
+    refused = _put_settings(staff, {"daily_limit": 1})
+    monkeypatch.setattr(admin_command, "runtime_from_env", lambda: gateway_world.runtime)
+    admin_command.main(["set-admins", "--cloud-id", "LEGACY", "--admin", legacy_tenant.username])
+    allowed = _put_settings(staff, {"daily_limit": 1})
+
+    assert settings["admins"] == []
+    assert settings["is_admin"] is False
+    assert refused.status_code == 403
+    assert "no administrator yet" in refused.get_json()["message"]
+    assert "set-admins --cloud-id LEGACY" in refused.get_json()["message"]
+    assert f"administrators of 'LEGACY': {legacy_tenant.username}" in capsys.readouterr().out
+    assert allowed.status_code == 200
+    assert gateway_world.runtime.tenants.get("LEGACY").daily_limit == 1
 
 
 # ------------------------------------------------------------------ OpenAPI and health

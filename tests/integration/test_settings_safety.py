@@ -48,6 +48,30 @@ def test_wrong_imis_password_not_saved(gateway_world, alpha):
     assert gateway_world.runtime.tenants.get("ALPHA").imis_password == ALPHA_SERVICE_PASSWORD
 
 
+def test_admin_list_kept_when_imis_rejects(gateway_world, alpha):
+    """A request that changes the administrators and a rejected iMIS password changes neither."""
+    before = gateway_world.runtime.tenants.get("ALPHA")
+
+    response = put_settings(alpha, {"admins": ["someone-else"], "imis_password": "not-the-password"})
+
+    after = gateway_world.runtime.tenants.get("ALPHA")
+    assert response.status_code == 422
+    assert after.admins == before.admins
+    assert after.imis_password == ALPHA_SERVICE_PASSWORD
+
+
+def test_non_admin_cannot_repoint_imis(gateway_world):
+    """A staff member who is no administrator cannot send the service password to another address."""
+    clerk = gateway_world.sign_in_non_admin("ALPHA")
+    requests_before = len(gateway_world.imis.request_log())
+
+    response = put_settings(clerk, {"imis_base_url": closed_port_url(), "imis_password": "any"})
+
+    assert response.status_code == 403
+    assert gateway_world.runtime.tenants.get("ALPHA").imis_base_url == gateway_world.imis.url
+    assert len(gateway_world.imis.request_log()) == requests_before
+
+
 @pytest.mark.parametrize("body", [
     {"daily_limit": 10 ** 30},
     {"run_segment_limit": 10 ** 30},

@@ -128,18 +128,19 @@ def texts_of(driver, selector: str, attribute: str | None = None) -> list[str]:
     raise AssertionError(f"{selector} kept being replaced while it was read")
 
 
-def sign_in(driver, stack: Stack, password: str = demo_data.DEMO_STAFF_USER[1]) -> None:
+def sign_in(driver, stack: Stack, password: str = demo_data.DEMO_STAFF_USER[1],
+            username: str = demo_data.DEMO_STAFF_USER[0]) -> None:
     driver.get(stack.gateway_url + "/")
     wait_for(driver, lambda d: d.find_element(By.ID, "sign-in-view").is_displayed(), "the sign-in form shows")
     form = driver.find_element(By.ID, "sign-in")
-    form.find_element(By.NAME, "username").send_keys(demo_data.DEMO_STAFF_USER[0])
+    form.find_element(By.NAME, "username").send_keys(username)
     form.find_element(By.NAME, "password").send_keys(password)
     form.find_element(By.NAME, "cloud_id").send_keys(DEMO_CLOUD_ID)
     driver.find_element(By.ID, "log-in").click()
 
 
-def signed_in(driver, stack: Stack) -> None:
-    sign_in(driver, stack)
+def signed_in(driver, stack: Stack, user: tuple[str, str] = demo_data.DEMO_STAFF_USER) -> None:
+    sign_in(driver, stack, username=user[0], password=user[1])
     wait_for(driver, lambda d: d.find_element(By.ID, "app-view").is_displayed(), "the app shows after sign-in")
 
 
@@ -423,6 +424,37 @@ def test_settings_invalid(stack, browser):
 
     assert "IANA time zone" in field_error
     assert stack.runtime.tenants.get(DEMO_CLOUD_ID).timezone == "America/New_York"
+
+
+def test_settings_admin_list(stack, browser):
+    signed_in(browser, stack)
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=settings]").click()
+    admins = wait_for(browser, lambda d: d.find_element(By.NAME, "admins").get_attribute("value")
+                      and d.find_element(By.NAME, "admins"), "the administrators show")
+
+    assert admins.get_attribute("value") == "\n".join(demo_data.DEMO_ADMINS)
+    assert admins.is_enabled()
+    assert browser.find_element(By.ID, "save-settings").is_displayed()
+    assert not browser.find_element(By.ID, "settings-access").is_displayed()
+
+
+def test_settings_read_only_for_non_admin(stack, browser):
+    signed_in(browser, stack, demo_data.DEMO_NON_ADMIN_USER)
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=settings]").click()
+    note = wait_for(browser, lambda d: text_of(d, "#settings-access"), "the read-only note shows")
+
+    controls = browser.find_elements(By.CSS_SELECTOR, "#settings-form input, #settings-form select, "
+                                                      "#settings-form textarea")
+    number = browser.find_element(By.CSS_SELECTOR, "#number-check [name=number]")
+
+    assert "Ask an administrator of your organisation (demo)" in note
+    assert browser.find_element(By.NAME, "daily_limit").get_attribute("value") == "3000"
+    assert browser.find_element(By.NAME, "admins").get_attribute("value") == "demo"
+    assert len(controls) > 10
+    assert [control.get_attribute("name") for control in controls if control.is_enabled()] == []
+    assert not browser.find_element(By.ID, "save-settings").is_displayed()
+    assert number.is_enabled()
+    assert script_errors(browser) == []
 
 
 def test_number_checker(stack, browser):

@@ -1,4 +1,4 @@
-"""The operator command that adds an organisation."""
+"""The operator commands that add an organisation and name its administrators."""
 
 import pytest
 
@@ -7,7 +7,7 @@ from services.gateway import admin
 
 ARGS = ["add-tenant", "--cloud-id", "NEWORG", "--name", "New Org", "--imis-url", "http://imis.invalid",
         "--imis-user", "svc", "--twilio-sid", "AC" + "12" * 16, "--sender", "+18885550123",
-        "--email", "admin@new.example"]
+        "--email", "admin@new.example", "--admin", "jsmith", "--admin", " MJones "]
 
 
 class AcceptingImis:
@@ -72,3 +72,68 @@ def test_add_tenant_needs_secret_in_environment(cli, monkeypatch):
         admin.main(ARGS)
 
     assert "TM_NEW_TWILIO_AUTH_TOKEN" in str(raised.value)
+
+
+def test_add_tenant_stores_admins(cli):
+    admin.main(ARGS)
+
+    tenant = cli.tenants.get("NEWORG")
+    assert tenant.admins == ("jsmith", "MJones")
+    assert tenant.is_admin("mjones")
+
+
+def test_add_tenant_needs_admin(cli, capsys):
+    without_admins = ARGS[:ARGS.index("--admin")]
+
+    with pytest.raises(SystemExit) as raised:
+        admin.main(without_admins)
+
+    assert raised.value.code == 2
+    assert "--admin" in capsys.readouterr().err
+    assert cli.db.tenants.count_documents({"_id": "NEWORG"}) == 0
+
+
+def test_add_tenant_rejects_repeated_admin(cli):
+    with pytest.raises(SystemExit) as raised:
+        admin.main(ARGS + ["--admin", "JSMITH"])
+
+    assert "'JSMITH' is listed twice" in str(raised.value)
+    assert cli.db.tenants.count_documents({"_id": "NEWORG"}) == 0
+
+
+def test_set_admins_names_first_admin(cli, tenant_factory, capsys):
+    """A record written before administrators existed gets its first one."""
+    tenant_factory(cloud_id="OLDORG")
+    cli.db.tenants.update_one({"_id": "OLDORG"}, {"$unset": {"admins": ""}})
+
+    code = admin.main(["set-admins", "--cloud-id", "OLDORG", "--admin", "ksato"])
+
+    assert code == 0
+    assert cli.tenants.get("OLDORG").admins == ("ksato",)
+    assert "(before: none)" in capsys.readouterr().out
+
+
+def test_set_admins_replaces_list(cli, tenant_factory):
+    tenant_factory(cloud_id="OLDORG", admins=("ksato", "lfranz"))
+
+    admin.main(["set-admins", "--cloud-id", "OLDORG", "--admin", "lfranz", "--admin", "mhill"])
+
+    assert cli.tenants.get("OLDORG").admins == ("lfranz", "mhill")
+
+
+def test_set_admins_unknown_cloud_id(cli):
+    with pytest.raises(SystemExit) as raised:
+        admin.main(["set-admins", "--cloud-id", "NOSUCH", "--admin", "ksato"])
+
+    assert "no organisation has the Cloud ID 'NOSUCH'" in str(raised.value)
+    assert cli.db.tenants.count_documents({}) == 0
+
+
+def test_set_admins_rejects_empty_name(cli, tenant_factory):
+    tenant_factory(cloud_id="OLDORG", admins=("ksato",))
+
+    with pytest.raises(SystemExit) as raised:
+        admin.main(["set-admins", "--cloud-id", "OLDORG", "--admin", "  "])
+
+    assert "empty" in str(raised.value)
+    assert cli.tenants.get("OLDORG").admins == ("ksato",)

@@ -154,8 +154,13 @@ def test_seed_imis_adds_users_and_query():
 
     sim = Recorder()
     demo_data.seed_imis(sim)
-    assert sim.users == {"demo": "demo", "textmanager-svc": "svc-secret"}
+    assert sim.users == {"demo": "demo", "staff": "staff", "textmanager-svc": "svc-secret"}
     assert len(sim.queries[demo_data.DEMO_QUERY_PATH][1]) == DEMO_MEMBER_COUNT
+
+
+def test_demo_sign_in_user_is_admin():
+    assert demo_data.DEMO_ADMINS == (demo_data.DEMO_STAFF_USER[0],)
+    assert demo_data.DEMO_NON_ADMIN_USER[0] not in demo_data.DEMO_ADMINS
 
 
 BENCH_ROWS = 10_000

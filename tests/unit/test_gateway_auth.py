@@ -86,6 +86,16 @@ def test_delete(sessions):
     assert sessions.find(token) is None
 
 
+def test_session_admin_flag_refreshed(runtime, sessions):
+    token, created = sessions.create("ACME", "alice", is_admin=True)
+
+    refreshed = sessions.refresh_admin(created, False)
+
+    assert created["is_admin"] is True
+    assert refreshed["is_admin"] is False
+    assert sessions.find(token)["is_admin"] is False
+
+
 def test_csrf_tokens_differ(sessions):
     _, first = sessions.create("ACME", "alice")
     _, second = sessions.create("ACME", "alice")
@@ -144,3 +154,22 @@ def test_api_responses_not_cached(signed_in):
     client, _ = signed_in
 
     assert client.get("/api/session").headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("admins, expected", [
+    (("alice",), True),
+    (("ALICE", "bob"), True),
+    (("bob",), False),
+    ((), False),
+], ids=["listed", "other-case", "not-listed", "no-admins"])
+def test_session_reports_admin_from_store(runtime, tenant_factory, admins, expected):
+    """GET /api/session reads the administrator list again, whatever the session held."""
+    tenant_factory(admins=admins)
+    app = create_app(runtime)
+    token, _ = app.extensions["text_manager"].sessions.create("ACME", "alice", is_admin=not expected)
+    client = app.test_client()
+    client.set_cookie(COOKIE_NAME, token)
+
+    body = client.get("/api/session").get_json()
+
+    assert body["is_admin"] is expected

@@ -6,7 +6,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from libs.common.crypto import SecretBox, SecretError
-from libs.common.tenants import SECRET_FIELDS, TenantNotFound, TenantRepository
+from libs.common.tenants import SECRET_FIELDS, TenantChanged, TenantNotFound, TenantRepository
 from tests.conftest import TEST_IMIS_PASSWORD, TEST_TWILIO_TOKEN
 
 SECRETS = (TEST_IMIS_PASSWORD, TEST_TWILIO_TOKEN)
@@ -99,3 +99,55 @@ def test_other_key_cannot_decrypt(runtime, tenant_factory):
 def test_invalid_key_names_variable():
     with pytest.raises(SecretError, match="TM_SECRET_KEY"):
         SecretBox("not a fernet key")
+
+
+def test_admins_round_trip(runtime, tenant_factory):
+    saved = tenant_factory(admins=("jsmith", "MJones"))
+
+    loaded = runtime.tenants.get("ACME")
+
+    assert loaded == saved
+    assert loaded.admins == ("jsmith", "MJones")
+    assert runtime.db.tenants.find_one({"_id": "ACME"})["admins"] == ["jsmith", "MJones"]
+
+
+def test_record_without_admins(runtime, tenant_factory):
+    """A record written before administrators existed has none, and nobody is one."""
+    tenant_factory(admins=("jsmith",))
+    runtime.db.tenants.update_one({"_id": "ACME"}, {"$unset": {"admins": ""}})
+
+    tenant = runtime.tenants.get("ACME")
+
+    assert tenant.admins == ()
+    assert not tenant.is_admin("jsmith")
+
+
+@pytest.mark.parametrize("username, expected", [("jsmith", True), ("JSmith", True), ("jsmith2", False), ("", False)])
+def test_is_admin_ignores_case(tenant_factory, username, expected):
+    assert tenant_factory(admins=("jsmith",)).is_admin(username) is expected
+
+
+def test_update_with_expected_admins(runtime, tenant_factory):
+    tenant_factory(admins=("jsmith",))
+
+    updated = runtime.tenants.update("ACME", {"daily_limit": 10, "admins": ["jsmith", "kdoe"]},
+                                     expected_admins=("jsmith",))
+
+    assert updated.admins == ("jsmith", "kdoe")
+    assert runtime.tenants.get("ACME").admins == ("jsmith", "kdoe")
+
+
+def test_update_after_admins_changed(runtime, tenant_factory):
+    """A change checked against an older administrator list is not written."""
+    tenant_factory(admins=("jsmith", "kdoe"))
+    runtime.tenants.set_admins("ACME", ("jsmith",))
+
+    with pytest.raises(TenantChanged):
+        runtime.tenants.update("ACME", {"daily_limit": 10}, expected_admins=("jsmith", "kdoe"))
+
+    assert runtime.tenants.get("ACME").daily_limit == 3000
+
+
+def test_set_admins_unknown_cloud_id(runtime):
+    with pytest.raises(TenantNotFound):
+        runtime.tenants.set_admins("NOBODY", ("jsmith",))

@@ -1,4 +1,5 @@
-// The Settings page: organisation, iMIS and Twilio settings, limits, and a phone number checker.
+// The Settings page: organisation, iMIS and Twilio settings, limits, administrators, and a phone
+// number checker. Only administrators may change the settings; everyone else sees them read-only.
 
 import { callApi } from "./api.js";
 import { el, fill } from "./dom.js";
@@ -35,6 +36,10 @@ const GROUPS = [
     ["daily_limit", "Daily limit (texts per day)", "count"],
     ["run_segment_limit", "Maximum segments per campaign run", "count"],
   ]],
+  ["Administrators", [
+    ["admins", "Administrator usernames", "admins",
+     "iMIS usernames of the staff who may change these settings, one per line. Keep at least one."],
+  ]],
 ];
 const NUMBER_KINDS = ["rate", "count"];
 const TEXT_LOG_CHOICES = [["interaction", "Interaction (communication log)"], ["activity", "TEXTMSG activity"],
@@ -45,6 +50,7 @@ export function renderSettings(container, { page }) {
   const secretStates = {};
   const form = el("form", { className: "form settings-form", id: "settings-form", noValidate: true }, errorBox(),
     el("p", { className: "form-status", role: "status", id: "settings-status" }),
+    el("p", { className: "access-note", id: "settings-access", hidden: true }),
     el("p", { className: "hint", id: "cloud-id" }),
     GROUPS.map(([title, entries]) => el("fieldset", {}, el("legend", {}, title),
       entries.map(([name, label, kind, hint]) => buildField(name, label, kind, hint, inputs, secretStates)))),
@@ -94,6 +100,7 @@ function buildInput(name, kind) {
   if (kind === "text_log") {
     return el("select", { name }, TEXT_LOG_CHOICES.map(([value, label]) => el("option", { value }, label)));
   }
+  if (kind === "admins") return el("textarea", { name, rows: 3, autocomplete: "off", spellcheck: false });
   if (kind === "rate") return el("input", { name, type: "number", min: 0.1, max: 1000, step: 0.1 });
   if (kind === "count") return el("input", { name, type: "number", min: 0, step: 1 });
   if (kind === "country") return el("input", { name, maxlength: 2, autocomplete: "off", className: "short" });
@@ -110,10 +117,30 @@ function showSettings(form, inputs, secretStates, loaded, settings) {
       const isSet = Boolean(settings[`${name}_set`]);
       fill(secretStates[name], isSet ? "set" : "not set");
       secretStates[name].classList.toggle("secret-missing", !isSet);
+    } else if (name === "admins") {
+      input.value = (settings.admins || []).join("\n");
     } else {
       input.value = settings[name] === undefined || settings[name] === null ? "" : String(settings[name]);
     }
   }
+  showAccess(form, settings.is_admin, settings.admins || []);
+}
+
+/** Let administrators change the settings; show everyone else the settings read-only and whom to ask. */
+function showAccess(form, isAdmin, admins) {
+  for (const fieldset of form.querySelectorAll("fieldset")) fieldset.disabled = !isAdmin;
+  form.querySelector("#save-settings").hidden = !isAdmin;
+  const note = form.querySelector("#settings-access");
+  note.hidden = isAdmin;
+  if (isAdmin) return;
+  fill(note, admins.length
+    ? `Only administrators can change these settings. Ask an administrator of your organisation (${admins.join(", ")}) to make a change, or to add you as an administrator.`
+    : "Your organisation has no administrator yet, so nobody can change these settings here. Ask your Text Manager operator to name one with the set-admins command.");
+}
+
+/** Return the user names typed into the administrators field, one per line, without blank lines. */
+function adminNames(input) {
+  return input.value.split("\n").map((line) => line.trim()).filter((line) => line);
 }
 
 /** Return the settings that differ from the loaded ones, plus every secret that was typed in. */
@@ -122,6 +149,11 @@ function changedSettings(inputs, secretStates, loaded) {
   for (const [name, input] of Object.entries(inputs)) {
     if (name in secretStates) {
       if (input.value) changes[name] = input.value;
+      continue;
+    }
+    if (name === "admins") {
+      const names = adminNames(input);
+      if (names.join("\n") !== (loaded.values.admins || []).join("\n")) changes.admins = names;
       continue;
     }
     const value = name === "default_country" ? input.value.trim().toUpperCase() : input.value.trim();
@@ -150,6 +182,7 @@ async function saveSettings(form, inputs, secretStates, loaded) {
     fill(status, "Settings saved.");
   } catch (error) {
     showError(form, error);
+    if (error.code === "not_administrator") showAccess(form, false, error.details.admins || []);
   }
 }
 

@@ -1,0 +1,93 @@
+"""Organisation settings: who may change them, and changing them without locking staff out."""
+
+from __future__ import annotations
+
+from libs.common.imis import ImisAuthError, ImisClient, ImisError
+from libs.common.tenants import Tenant, TenantChanged, TenantRepository
+from services.gateway.errors import Conflict, InvalidInput, NotAdministrator
+
+MAX_ADMINS = 100
+MAX_USERNAME_CHARS = 200
+IMIS_ACCOUNT_FIELDS = {"imis_base_url", "imis_username", "imis_password"}
+# A change is written only while the administrator list is as it was checked. When
+# another administrator changes the list meanwhile, the change is checked again.
+WRITE_ATTEMPTS = 3
+SET_ADMINS_COMMAND = "python -m services.gateway.admin set-admins --cloud-id {cloud_id} --admin USERNAME"
+
+
+def clean_admins(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Return the administrators' iMIS user names without surrounding spaces.
+
+    Raises ValueError, with what to fix, for an empty list, an empty or overlong name,
+    a name listed twice (iMIS user names ignore case) or more than MAX_ADMINS names.
+    """
+    cleaned = tuple(name.strip() for name in names)
+    if not cleaned:
+        raise ValueError("keep at least one administrator: without one, nobody can change the settings")
+    if len(cleaned) > MAX_ADMINS:
+        raise ValueError(f"name at most {MAX_ADMINS} administrators, not {len(cleaned)}")
+    seen: set[str] = set()
+    for name in cleaned:
+        if not name:
+            raise ValueError("an administrator's user name is empty: remove the empty entry")
+        if len(name) > MAX_USERNAME_CHARS:
+            raise ValueError(f"an iMIS user name has at most {MAX_USERNAME_CHARS} characters: {name[:40]!r}… is longer")
+        if name.casefold() in seen:
+            raise ValueError(f"{name!r} is listed twice: list each administrator once")
+        seen.add(name.casefold())
+    return cleaned
+
+
+def require_admin(tenant: Tenant, username: str) -> None:
+    """Raise NotAdministrator, naming who can make the change, unless the user is an administrator."""
+    if tenant.is_admin(username):
+        return
+    if not tenant.admins:
+        raise NotAdministrator(
+            "Your organisation has no administrator yet, so nobody can change its settings here. Ask your "
+            f"Text Manager operator to name one with: {SET_ADMINS_COMMAND.format(cloud_id=tenant.cloud_id)}",
+            {"admins": []})
+    raise NotAdministrator(
+        "Only administrators can change the organisation's settings. Ask an administrator of your organisation "
+        f"({', '.join(tenant.admins)}) to make the change, or to add you as an administrator.",
+        {"admins": list(tenant.admins)})
+
+
+def change_settings(tenants: TenantRepository, tenant_id: str, username: str, changes: dict) -> Tenant:
+    """Apply an administrator's changes; return the tenant.
+
+    The user is checked against the stored administrator list, so removing an
+    administrator takes effect at once. Raises NotAdministrator, InvalidInput when iMIS
+    does not accept the service account as it would be saved, and Conflict when the
+    administrator list keeps changing meanwhile.
+    """
+    for _ in range(WRITE_ATTEMPTS):
+        tenant = tenants.get(tenant_id)
+        require_admin(tenant, username)
+        if IMIS_ACCOUNT_FIELDS & set(changes):
+            check_imis_account(tenant, changes)
+        try:
+            return tenants.update(tenant_id, changes, expected_admins=tenant.admins)
+        except TenantChanged:
+            continue
+    raise Conflict("the administrator list changed while the settings were saved: reload the page and save again")
+
+
+def check_imis_account(tenant: Tenant, changes: dict) -> None:
+    """Raise InvalidInput unless iMIS accepts the service account as it would be saved.
+
+    Staff sign in against the stored iMIS address, so saving a wrong one would lock
+    every staff member out.
+    """
+    base_url = changes.get("imis_base_url", tenant.imis_base_url)
+    username = changes.get("imis_username", tenant.imis_username)
+    password = changes.get("imis_password") or tenant.imis_password
+    try:
+        with ImisClient(base_url, timeout_s=10.0, max_retries=1) as client:
+            client.get_token(username, password)
+    except ImisAuthError:
+        raise InvalidInput(f"iMIS at {base_url} did not accept the service account {username!r}: "
+                           "check the user name and password", {"fields": {"imis_password": ["not accepted"]}}) from None
+    except ImisError as error:
+        raise InvalidInput(f"iMIS at {base_url} cannot be reached ({error.message}): check the address",
+                           {"fields": {"imis_base_url": ["not reachable"]}}) from None

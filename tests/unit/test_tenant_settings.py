@@ -1,0 +1,113 @@
+"""Who may change an organisation's settings, the administrator list's rules, and racing changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.gateway.errors import Conflict, NotAdministrator
+from services.gateway.tenant_settings import MAX_ADMINS, change_settings, clean_admins, require_admin
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["jsmith"], ("jsmith",)),
+    ([" jsmith ", "MJones"], ("jsmith", "MJones")),
+    (["a" * 200], ("a" * 200,)),
+], ids=["one", "trimmed", "longest-name"])
+def test_clean_admins_accepts(names, expected):
+    assert clean_admins(names) == expected
+
+
+@pytest.mark.parametrize("names, error", [
+    ([], "keep at least one administrator"),
+    (["jsmith", "  "], "empty"),
+    (["a" * 201], "at most 200 characters"),
+    (["jsmith", "JSMITH"], "'JSMITH' is listed twice"),
+    ([f"user-{index}" for index in range(MAX_ADMINS + 1)], f"at most {MAX_ADMINS} administrators"),
+], ids=["none", "empty-name", "long-name", "repeated", "too-many"])
+def test_clean_admins_rejects(names, error):
+    with pytest.raises(ValueError, match=error):
+        clean_admins(names)
+
+
+def test_non_admin_told_whom_to_ask(tenant_factory):
+    tenant = tenant_factory(admins=("jsmith", "MJones"))
+
+    with pytest.raises(NotAdministrator) as refused:
+        require_admin(tenant, "kdoe")
+
+    assert "Ask an administrator of your organisation (jsmith, MJones)" in refused.value.message
+    assert refused.value.details == {"admins": ["jsmith", "MJones"]}
+    assert refused.value.status == 403
+
+
+def test_no_admin_yet_names_command(tenant_factory):
+    tenant = tenant_factory(admins=())
+
+    with pytest.raises(NotAdministrator) as refused:
+        require_admin(tenant, "jsmith")
+
+    assert "no administrator yet" in refused.value.message
+    assert "set-admins --cloud-id ACME" in refused.value.message
+
+
+def test_admin_passes_in_any_case(tenant_factory):
+    require_admin(tenant_factory(admins=("jsmith",)), "JSmith")
+
+
+class RemovedDuringChange:
+    """The tenant repository, with an administrator removed between the check and the first write."""
+
+    def __init__(self, tenants, remove: str):
+        self._tenants = tenants
+        self._remove = remove
+        self.writes = 0
+
+    def get(self, cloud_id):
+        return self._tenants.get(cloud_id)
+
+    def update(self, cloud_id, changes, *, expected_admins=None):
+        self.writes += 1
+        if self.writes == 1:
+            remaining = tuple(name for name in self._tenants.get(cloud_id).admins if name != self._remove)
+            self._tenants.set_admins(cloud_id, remaining)
+        return self._tenants.update(cloud_id, changes, expected_admins=expected_admins)
+
+
+def test_removal_during_change_wins(runtime, tenant_factory):
+    tenant_factory(admins=("jsmith", "kdoe"))
+    racing = RemovedDuringChange(runtime.tenants, remove="kdoe")
+
+    with pytest.raises(NotAdministrator):
+        change_settings(racing, "ACME", "kdoe", {"daily_limit": 10})
+
+    assert racing.writes == 1
+    assert runtime.tenants.get("ACME").daily_limit == 3000
+
+
+def test_change_retried_after_unrelated_list_change(runtime, tenant_factory):
+    tenant_factory(admins=("jsmith", "kdoe"))
+    racing = RemovedDuringChange(runtime.tenants, remove="kdoe")
+
+    tenant = change_settings(racing, "ACME", "jsmith", {"daily_limit": 10})
+
+    assert racing.writes == 2
+    assert tenant.daily_limit == 10
+    assert runtime.tenants.get("ACME").admins == ("jsmith",)
+
+
+class AlwaysChanging(RemovedDuringChange):
+    """Another administrator rewrites the list before every write."""
+
+    def update(self, cloud_id, changes, *, expected_admins=None):
+        self.writes += 1
+        self._tenants.set_admins(cloud_id, ("jsmith", f"temp-{self.writes}"))
+        return self._tenants.update(cloud_id, changes, expected_admins=expected_admins)
+
+
+def test_change_gives_up_with_conflict(runtime, tenant_factory):
+    tenant_factory(admins=("jsmith",))
+
+    with pytest.raises(Conflict, match="reload the page and save again"):
+        change_settings(AlwaysChanging(runtime.tenants, remove=""), "ACME", "jsmith", {"daily_limit": 10})
+
+    assert runtime.tenants.get("ACME").daily_limit == 3000
