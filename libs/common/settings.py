@@ -13,8 +13,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # pause, sessions that expire at once) instead of failing at start.
 POSITIVE_SETTINGS = (
     "session_hours", "scheduler_poll_s", "sender_workers", "sender_claim_lease_s", "twilio_timeout_s",
-    "imis_timeout_s",
+    "imis_timeout_s", "sign_in_max_failures", "sign_in_address_max_failures", "sign_in_lockout_minutes",
 )
+# Numeric settings for which 0 is a meaningful value.
+NON_NEGATIVE_SETTINGS = ("trusted_proxy_count",)
 
 
 class SettingsError(ValueError):
@@ -48,6 +50,17 @@ class Settings:
     sender_claim_lease_s: float = 60.0
     twilio_timeout_s: float = 15.0
     imis_timeout_s: float = 30.0
+    # How many reverse proxies in front of the gateway append the client's address to
+    # X-Forwarded-For. 0 ignores the header, because any client can send it.
+    trusted_proxy_count: int = 0
+    # Failed sign-ins per Cloud ID and user name, and per client address, within the
+    # lockout period, after which sign-in stops for one lockout period. iMIS locks an
+    # account after 5 failed logons by default (help.imis.com, "Users window"). 4 stays
+    # below that, so failures here cannot lock staff out of iMIS unless iMIS counts
+    # failures over a longer period than the lockout.
+    sign_in_max_failures: int = 4
+    sign_in_address_max_failures: int = 30
+    sign_in_lockout_minutes: float = 15.0
 
     @property
     def uses_mongomock(self) -> bool:
@@ -90,6 +103,9 @@ class Settings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise SettingsError(f"TM_{name.upper()} must be a number above 0, got {value!r}")
+        for name in NON_NEGATIVE_SETTINGS:
+            if getattr(self, name) < 0:
+                raise SettingsError(f"TM_{name.upper()} must be 0 or more, got {getattr(self, name)!r}")
         if not 1 <= self.sender_health_port <= 65535:
             raise SettingsError(f"TM_SENDER_HEALTH_PORT must be a TCP port from 1 to 65535, got {self.sender_health_port!r}")
 

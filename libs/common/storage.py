@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
     "sessions": [([("expires_at", pymongo.ASCENDING)], {"expireAfterSeconds": 0})],
+    "sign_in_failures": [([("expires_at", pymongo.ASCENDING)], {"expireAfterSeconds": 0})],
     "campaigns": [([("tenant_id", 1), ("created_at", -1)], {})],
     "runs": [
         ([("tenant_id", 1), ("campaign_id", 1)], {}),

@@ -40,8 +40,9 @@ def create_session():
     """Sign in with iMIS user name, password and Cloud ID; set the session cookie."""
     data = load(schemas.SessionIn())
     ctx = _ctx()
-    tenant = sign_in(ctx.runtime.tenants, cloud_id=data["cloud_id"], username=data["username"],
-                     password=data["password"], timeout_s=ctx.runtime.settings.imis_timeout_s)
+    tenant = sign_in(ctx.runtime.tenants, ctx.throttle, cloud_id=data["cloud_id"], username=data["username"],
+                     password=data["password"], address=request.remote_addr or "unknown",
+                     timeout_s=ctx.runtime.settings.imis_timeout_s)
     token, session = ctx.sessions.create(data["cloud_id"], data["username"], is_admin=tenant.is_admin(data["username"]))
     response = jsonify(schemas.SessionOut().dump(session))
     response.set_cookie(COOKIE_NAME, token, httponly=True, samesite="Lax", secure=ctx.runtime.settings.secure_cookies,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
 from dataclasses import dataclass
 
 from flask import Flask, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from libs.common.logs import log_context
 from libs.common.runtime import Runtime
@@ -18,6 +20,7 @@ from services.gateway.errors import ApiError
 from services.gateway.openapi import build_spec
 from services.gateway.schedules import schedules
 from services.gateway.service import CampaignService
+from services.gateway.throttle import SignInThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ class GatewayContext:
     runtime: Runtime
     sessions: SessionStore
     campaigns: CampaignService
+    throttle: SignInThrottle
 
 
 def create_app(runtime: Runtime | None = None) -> Flask:
@@ -38,14 +42,19 @@ def create_app(runtime: Runtime | None = None) -> Flask:
         from libs.common.process import runtime_from_env
 
         runtime = runtime_from_env()
+    settings = runtime.settings
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False
+    if settings.trusted_proxy_count:
+        # request.remote_addr becomes the client address the outermost trusted proxy put in X-Forwarded-For.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count, x_proto=0)
     app.extensions["text_manager"] = GatewayContext(
         runtime=runtime,
-        sessions=SessionStore(runtime.db, session_secret=runtime.settings.session_secret, clock=runtime.clock,
-                              lifetime_hours=runtime.settings.session_hours),
+        sessions=SessionStore(runtime.db, session_secret=settings.session_secret, clock=runtime.clock,
+                              lifetime_hours=settings.session_hours),
         campaigns=CampaignService(runtime.db, broker=runtime.broker, clock=runtime.clock),
+        throttle=_build_throttle(runtime),
     )
     app.register_blueprint(api)
     app.register_blueprint(dashboard)
@@ -54,6 +63,16 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     _register_errors(app)
     _register_request_ids(app)
     return app
+
+
+def _build_throttle(runtime: Runtime) -> SignInThrottle:
+    settings = runtime.settings
+    # Every worker must derive the same counter keys, so they come from the session secret.
+    # The embedded default runs one process without a secret, so a random key serves there.
+    key = settings.session_secret.encode() if settings.session_secret else secrets.token_bytes(32)
+    return SignInThrottle(runtime.db, key=key, clock=runtime.clock, max_failures=settings.sign_in_max_failures,
+                          address_max_failures=settings.sign_in_address_max_failures,
+                          lockout_minutes=settings.sign_in_lockout_minutes)
 
 
 def _register_pages(app: Flask, runtime: Runtime) -> None:
@@ -83,7 +102,7 @@ def _register_pages(app: Flask, runtime: Runtime) -> None:
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def on_api_error(error: ApiError):
-        return jsonify(error.to_dict()), error.status
+        return jsonify(error.to_dict()), error.status, error.headers()
 
     @app.errorhandler(HTTPException)
     def on_http_error(error: HTTPException):

@@ -1,4 +1,4 @@
-"""Staff sessions: sign-in against the tenant's iMIS, cookies and CSRF tokens."""
+"""Staff sessions: throttled sign-in against the tenant's iMIS, cookies and CSRF tokens."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pymongo.database import Database
 from libs.common.imis import ImisAuthError, ImisClient, ImisError, ImisUnavailable
 from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
 from services.gateway.errors import CsrfFailed, NotSignedIn, SignInFailed, UpstreamUnavailable
+from services.gateway.throttle import SignInThrottle
 
 COOKIE_NAME = "tm_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -65,7 +66,33 @@ class SessionStore:
         return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()
 
 
-def sign_in(tenants: TenantRepository, *, cloud_id: str, username: str, password: str, timeout_s: float) -> Tenant:
+def sign_in(tenants: TenantRepository, throttle: SignInThrottle, *, cloud_id: str, username: str, password: str,
+            address: str, timeout_s: float) -> Tenant:
+    """Check the staff member's iMIS credentials, counting failures; return the tenant.
+
+    Raises TooManySignIns, without asking iMIS, while the account or the client address
+    is locked, and when this failure locks it. Otherwise raises SignInFailed or
+    UpstreamUnavailable like `check_credentials`.
+    """
+    attempt = throttle.begin(cloud_id, username, address)
+    try:
+        tenant = check_credentials(tenants, cloud_id=cloud_id, username=username, password=password,
+                                   timeout_s=timeout_s)
+    except SignInFailed:
+        locked = attempt.failed()
+        if locked is not None:
+            raise locked from None
+        raise
+    except Exception:
+        # iMIS could not check the password, so the attempt does not count as a failed sign-in.
+        attempt.withdrawn()
+        raise
+    attempt.succeeded()
+    return tenant
+
+
+def check_credentials(tenants: TenantRepository, *, cloud_id: str, username: str, password: str,
+                      timeout_s: float) -> Tenant:
     """Check the staff member's iMIS credentials; return the tenant, or raise SignInFailed or UpstreamUnavailable."""
     try:
         tenant = tenants.get(cloud_id)

@@ -17,6 +17,10 @@ class ApiError(Exception):
     def to_dict(self) -> dict:
         return {"error": self.code, "message": self.message, "details": self.details}
 
+    def headers(self) -> dict[str, str]:
+        """Return the HTTP headers the response carries besides its body."""
+        return {}
+
 
 class InvalidInput(ApiError):
     status = 422
@@ -31,6 +35,20 @@ class NotSignedIn(ApiError):
 class SignInFailed(ApiError):
     status = 401
     code = "sign_in_failed"
+
+
+class TooManySignIns(ApiError):
+    """Sign-in is locked after too many failures; `retry_after_s` is the wait in seconds."""
+
+    status = 429
+    code = "too_many_sign_ins"
+
+    def __init__(self, message: str, retry_after_s: int, details: dict | None = None):
+        super().__init__(message, details)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class CsrfFailed(ApiError):

@@ -50,8 +50,11 @@ PUBLIC_OPERATIONS = {("post", "/api/session"), ("get", "/api/openapi.json")}
 
 # Error responses of one operation, besides the 401 and 422 that every operation lists.
 OPERATION_ERRORS = {
+    ("post", "/api/session"): {"429": "too many failed sign-ins: wait the seconds in the Retry-After header"},
     ("put", "/api/settings"): {"403": "not an administrator: the message names the organisation's administrators"},
 }
+RETRY_AFTER_HEADER = {"Retry-After": {"description": "seconds until sign-in is possible again",
+                                      "schema": {"type": "integer"}}}
 
 SCHEMA_NAMES = sorted({name for op in OPERATIONS for name in (op[3], op[5]) if name})
 
@@ -73,6 +76,8 @@ def build_spec() -> dict:
             operation["security"] = [{"session": []}]
         for status_code, description in OPERATION_ERRORS.get((method, path), {}).items():
             operation["responses"][status_code] = _error_response(description)
+            if status_code == "429":
+                operation["responses"][status_code]["headers"] = RETRY_AFTER_HEADER
         paths.setdefault(path, {})[method] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)

@@ -178,6 +178,21 @@ def test_wrong_password(stack, browser):
     assert not browser.find_element(By.ID, "app-view").is_displayed()
 
 
+def test_sign_in_lockout_message(stack, browser):
+    """After too many failures the form says when to try again; the user name exists nowhere."""
+    username = "no-such-user"
+    limit = stack.runtime.settings.sign_in_max_failures
+    errors = []
+    for _ in range(limit):
+        sign_in(browser, stack, password="not-the-password", username=username)
+        errors.append(wait_for(browser, lambda d: text_of(d, "#sign-in .form-error"), "the sign-in error shows"))
+
+    assert all("iMIS did not accept" in error for error in errors[:-1])
+    assert errors[-1].startswith("Too many failed sign-ins with this user name and Cloud ID: try again in 15 minutes")
+    assert "reset it in iMIS" in errors[-1]
+    assert not browser.find_element(By.ID, "app-view").is_displayed()
+
+
 def test_sign_in_form(stack, browser):
     browser.get(stack.gateway_url + "/")
     wait_for(browser, lambda d: d.find_element(By.ID, "sign-in-view").is_displayed(), "the sign-in form shows")

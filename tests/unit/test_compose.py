@@ -336,6 +336,14 @@ def test_sender_health_port_setting(compose):
     assert compose["services"]["sender"]["environment"]["TM_SENDER_HEALTH_PORT"] == str(HEALTHZ_PORTS["sender"])
 
 
+def test_gateway_trusts_one_proxy(compose):
+    """The gateway sits behind the documented reverse proxy, so it reads one X-Forwarded-For entry."""
+    environment = compose["services"]["gateway"]["environment"]
+
+    assert environment["TM_TRUSTED_PROXY_COUNT"] == "${TM_TRUSTED_PROXY_COUNT:-1}"
+    assert "TM_TRUSTED_PROXY_COUNT" not in compose["x-app-env"]
+
+
 def test_ports_are_strings(compose):
     # Unquoted, YAML 1.1 reads a short entry such as 22:22 as a base-60 integer.
     for name, service in compose["services"].items():

@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from libs.common.settings import Settings, SettingsError
+from libs.common.settings import NON_NEGATIVE_SETTINGS, Settings, SettingsError
 
 MONGODB_SECRETS = {"TM_SECRET_KEY": "k" * 44, "TM_SESSION_SECRET": "s" * 64}
 
@@ -37,6 +37,7 @@ def _variable(name: str) -> str:
 
 SETTING_FIELDS = fields(Settings)
 NUMERIC_FIELDS = [field for field in SETTING_FIELDS if _type_name(field) in ("int", "float")]
+POSITIVE_FIELDS = [field for field in NUMERIC_FIELDS if field.name not in NON_NEGATIVE_SETTINGS]
 
 
 def test_defaults_without_variables():
@@ -74,11 +75,19 @@ def test_bad_number_names_variable(field, raw):
         Settings.from_env({_variable(field.name): raw})
 
 
-@pytest.mark.parametrize("field", NUMERIC_FIELDS, ids=lambda field: _variable(field.name))
+@pytest.mark.parametrize("field", POSITIVE_FIELDS, ids=lambda field: _variable(field.name))
 @pytest.mark.parametrize("raw", ["0", "-1"])
 def test_non_positive_number_names_variable(field, raw):
     with pytest.raises(SettingsError, match=_variable(field.name)):
         Settings.from_env({_variable(field.name): raw})
+
+
+@pytest.mark.parametrize("name", NON_NEGATIVE_SETTINGS)
+def test_zero_allowed_where_meaningful(name):
+    assert getattr(Settings.from_env({_variable(name): "0"}), name) == 0
+
+    with pytest.raises(SettingsError, match=_variable(name)):
+        Settings.from_env({_variable(name): "-1"})
 
 
 @pytest.mark.parametrize("name, raw", [
