@@ -63,3 +63,17 @@ class Notifier:
                 smtp.send_message(message)
         except (OSError, smtplib.SMTPException):
             logger.exception("sending the notice %r by SMTP failed; it stays in the dashboard", subject)
+
+
+def notify_run_failed(notifier: Notifier, *, run: dict, campaign: dict, admin_email: str, reason: str) -> bool:
+    """Send the tenant's administrator and the campaign's address the notice that a run failed.
+
+    The notice is sent once per run, whichever service failed it. Returns False when
+    it was sent before.
+    """
+    return notifier.notify(
+        tenant_id=run["tenant_id"], recipients=[admin_email, campaign.get("email", "")],
+        subject=f"Text Manager could not send the campaign {campaign.get('name', run['campaign_id'])!r}",
+        text=f"{reason}\n\nNo more texts of this run will be sent. Fix the cause, then send the campaign again.",
+        dedupe_key=f"run-failed:{run['_id']}",
+    )

@@ -11,6 +11,7 @@ from pymongo.database import Database
 from libs.common.broker import QUEUE_JOBS, Reject, Retry, tenant_jobs_queue
 from libs.common.imis import ImisError, ImisUnavailable
 from libs.common.logs import log_context
+from libs.common.notices import notify_run_failed
 from libs.common.progress import RunProgress
 from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
 from services.recipients.errors import CampaignSetupError, ExpansionSuperseded, RunFailed
@@ -192,12 +193,7 @@ class RunExpander:
             admin_email = self._tenants.get(run["tenant_id"]).default_email
         except TenantNotFound:
             admin_email = ""
-        self._notifier.notify(
-            tenant_id=run["tenant_id"], recipients=[admin_email, campaign.get("email", "")],
-            subject=f"Text Manager could not send the campaign {campaign.get('name', run['campaign_id'])!r}",
-            text=f"{message}\n\nNo more texts of this run will be sent. Fix the cause, then send the campaign again.",
-            dedupe_key=f"run-failed:{run['_id']}",
-        )
+        notify_run_failed(self._notifier, run=run, campaign=campaign, admin_email=admin_email, reason=message)
 
 
 def jobs_queue(tenant_id: str) -> str:

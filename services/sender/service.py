@@ -19,6 +19,7 @@ from libs.common.broker import QUEUE_IMIS, Reject, Retry, tenant_jobs_queue
 from libs.common.imis_log import publish_sent_text
 from libs.common.logs import log_context
 from libs.common.progress import JOB_FIELDS, PARKED_STATUSES, SLOW_DOWN_CODES, RunProgress, backoff_s
+from libs.common.reconcile import CLAIM_FIELDS, find_created_message, record_sent, unknown_outcome_since
 from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
 from libs.common.twilio_client import TwilioError, TwilioUnavailable
 from services.sender import outcomes
@@ -27,10 +28,6 @@ from services.sender.pacing import Pacer
 logger = logging.getLogger(__name__)
 
 STOPPED_RUN_STATUSES = ("cancelled", "failed")
-CLAIM_FIELDS = ("claim_token", "claim_until", "call_started_at")
-# Twilio's dates have whole seconds and clocks drift: the message list is read from this
-# long before the first call whose outcome is unknown.
-RECONCILE_MARGIN = timedelta(minutes=1)
 # How often a worker waiting for its send slot checks whether the instance is stopping.
 STOP_CHECK_S = 0.2
 # A worker ready to call Twilio this long after its send slot takes a later slot, at most
@@ -58,9 +55,7 @@ class Claim:
     @property
     def unknown_outcome_since(self) -> datetime | None:
         """Return when the first call of a lapsed claim started, if one started: its outcome is unknown."""
-        if not self.previous or self.previous.get("status") != "sending" or not self.previous.get("call_started_at"):
-            return None
-        return self.previous.get("first_call_at") or self.previous["call_started_at"]
+        return unknown_outcome_since(self.previous)
 
 
 class LatencyMeter:
@@ -226,17 +221,15 @@ class Sender:
 
     def _reconcile(self, job: dict, claim: Claim, tenant: Tenant, attempt: int) -> bool:
         """Record a text that Twilio already created in an attempt with an unknown outcome; return True if found."""
-        since = claim.unknown_outcome_since.replace(tzinfo=timezone.utc) - RECONCILE_MARGIN
         try:
-            listed = self._twilio(tenant).list_messages(to=job["to"], sent_after=since)
+            created = find_created_message(self._twilio(tenant), tenant, job, claim.unknown_outcome_since)
         except (TwilioError, TwilioUnavailable) as error:
             self._retry_unknown(job, claim, attempt, f"cannot check Twilio for an earlier attempt: {error}")
             return True
-        for message in listed:
-            if message.body == job["body"] and message.from_ in (tenant.sender_number, None, ""):
-                logger.info("an earlier attempt reached Twilio as %s; not sending again", message.sid)
-                self._record_sent(job, claim, message.sid)
-                return True
+        if created is not None:
+            logger.info("an earlier attempt reached Twilio as %s; not sending again", created.sid)
+            self._record_sent(job, claim, created.sid)
+            return True
         logger.info("no earlier attempt reached Twilio; sending")
         return False
 
@@ -328,23 +321,8 @@ class Sender:
 
     def _record_sent(self, job: dict, claim: Claim, sid: str) -> None:
         now = self._clock.now()
-        before = self._db.messages.find_one_and_update(
-            {"_id": job["message_id"], "claim_token": claim.token, "status": "sending"},
-            {"$set": {"status": "sent", "sid": sid, "sent_at": now}, "$unset": _unset(CLAIM_FIELDS)},
-        )
-        if before is None:
-            # A status callback got here first and moved the status on; keep its status.
-            before = self._db.messages.find_one_and_update(
-                {"_id": job["message_id"], "claim_token": claim.token},
-                {"$set": {"sid": sid, "sent_at": now}, "$unset": _unset(CLAIM_FIELDS)},
-            )
-        if before is None:
-            logger.warning("claim lost before the send was recorded (sid %s); the next attempt reconciles", sid)
-            return
-        if before.get("sent_at") is None:
-            self._progress.count(job["run_id"], sent=1)
+        if record_sent(self._db, self._progress, job, claim.token, sid, at=now):
             self._publish_sent_text(job, now)
-        logger.info("sent as %s", sid)
 
     def _publish_sent_text(self, job: dict, sent_at: datetime) -> None:
         """Ask the iMIS writer to log a text that is recorded as sent.

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from libs.common.broker import (
-    ATTEMPT_HEADER, DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER, QUEUE_DEAD, QUEUE_JOBS,
-    QUEUE_RUNS, BrokerClosed, PublishError, Reject, Retry, delay_queue_name,
+    ATTEMPT_HEADER, DEAD_ATTEMPT_HEADER, DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER, QUEUE_DEAD,
+    QUEUE_JOBS, QUEUE_RUNS, BrokerClosed, PublishError, Reject, Retry, delay_queue_name,
 )
 from tests.broker_support import (
     AMQP_URL, DELAYS, WAIT_S, ConsumerThread, MemoryHarness, RabbitHarness, Recorder, wait_until,
@@ -190,6 +190,88 @@ def test_unexpected_exception_retried(harness, caplog):
     assert failures[0].exc_info[0] is KeyError
 
 
+# The dead queue: consumed like a work queue, but a failed message goes back to its end
+
+def _reject(_delivery):
+    raise Reject("invalid job")
+
+
+def test_dead_queue_delivers_how_it_died(harness):
+    broker = harness.make()
+    broker.publish(QUEUE_JOBS, {"n": 1}, headers={"tenant": "T1"}, message_id="m1")
+    with ConsumerThread(broker, QUEUE_JOBS, Recorder(_reject)):
+        wait_until(lambda: broker.queue_depth(QUEUE_DEAD) == 1, "the job reached the dead queue")
+
+    recorder = Recorder()
+    with ConsumerThread(broker, QUEUE_DEAD, recorder):
+        delivery = recorder.wait_for(1)[0]
+
+    assert delivery.queue == QUEUE_DEAD
+    assert delivery.body == {"n": 1}
+    assert delivery.payload == b'{"n":1}'
+    assert delivery.message_id == "m1"
+    assert delivery.attempt == 1
+    assert delivery.headers[ORIGINAL_QUEUE_HEADER] == QUEUE_JOBS
+    assert delivery.headers[DEATH_REASON_HEADER] == "invalid job"
+    assert delivery.headers[ATTEMPT_HEADER] == 1
+    assert delivery.headers["tenant"] == "T1"
+    assert broker.queue_depth(QUEUE_DEAD) == 0
+
+
+def test_dead_queue_failure_goes_to_end(harness):
+    broker = harness.make()
+    broker.publish(QUEUE_JOBS, {"n": 1}, message_id="m1")
+    with ConsumerThread(broker, QUEUE_JOBS, Recorder(_reject)):
+        wait_until(lambda: broker.queue_depth(QUEUE_DEAD) == 1, "the job reached the dead queue")
+    harness.publish_raw(QUEUE_DEAD, b'{"n": 2}', "m2")
+
+    def fail_first(delivery):
+        if delivery.message_id == "m1" and delivery.attempt == 1:
+            raise RuntimeError("the store did not respond")
+
+    recorder = Recorder(fail_first)
+    with ConsumerThread(broker, QUEUE_DEAD, recorder):
+        deliveries = recorder.wait_for(3)
+
+    assert [(delivery.message_id, delivery.attempt) for delivery in deliveries] == [("m1", 1), ("m2", 1), ("m1", 2)]
+    again = deliveries[2]
+    assert again.headers[DEAD_ATTEMPT_HEADER] == 2
+    assert again.headers[ORIGINAL_QUEUE_HEADER] == QUEUE_JOBS
+    assert again.headers[DEATH_REASON_HEADER] == "invalid job"
+    assert again.payload == b'{"n":1}'
+    assert broker.queue_depth(QUEUE_DEAD) == 0
+
+
+@pytest.mark.parametrize("outcome", [Reject("unknown"), Retry("later", delay_s=0.1)])
+def test_dead_queue_reject_or_retry_goes_to_end(harness, outcome):
+    broker = harness.make()
+    harness.publish_raw(QUEUE_DEAD, b'{"n": 1}', "m1")
+
+    def fail_first(delivery):
+        if delivery.attempt == 1:
+            raise outcome
+
+    recorder = Recorder(fail_first)
+    with ConsumerThread(broker, QUEUE_DEAD, recorder):
+        deliveries = recorder.wait_for(2)
+
+    assert [delivery.attempt for delivery in deliveries] == [1, 2]
+    assert broker.queue_depth(QUEUE_DEAD) == 0
+
+
+def test_dead_queue_hands_over_invalid_json(harness):
+    broker = harness.make()
+    harness.publish_raw(QUEUE_DEAD, b"{not json", "m1")
+
+    recorder = Recorder()
+    with ConsumerThread(broker, QUEUE_DEAD, recorder):
+        delivery = recorder.wait_for(1)[0]
+
+    assert delivery.body == {}
+    assert delivery.payload == b"{not json"
+    assert broker.queue_depth(QUEUE_DEAD) == 0
+
+
 # Prefetch, stop and abandon
 
 def test_prefetch_bounds_unacked(harness):
@@ -360,7 +442,8 @@ def test_queue_depth_unknown_queue_raises(harness):
 
 
 @pytest.mark.parametrize("queue, prefetch, message", [
-    (QUEUE_DEAD, 1, "work queues"),
+    (delay_queue_name(QUEUE_JOBS, DELAYS[0]), 1, "work queues"),
+    (QUEUE_DEAD, 0, "prefetch"),
     (QUEUE_JOBS, 0, "prefetch"),
 ])
 def test_consume_rejects_bad_arguments(harness, queue, prefetch, message):

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from .base import (
-    ATTEMPT_HEADER, DEATH_REASON_HEADER, EXCHANGE, ORIGINAL_QUEUE_HEADER, QUEUE_DEAD,
-    QUEUE_IMIS, QUEUE_JOBS, QUEUE_RUNS, RETRY_DELAYS_S, WORK_QUEUES, Broker, BrokerClosed,
-    Delivery, PublishError, Reject, Retry, declared_queues, delay_queue_name, is_work_queue,
-    partition_of, partition_queue, tenant_jobs_queue,
+    ATTEMPT_HEADER, DEAD_ATTEMPT_HEADER, DEATH_REASON_HEADER, EXCHANGE, ORIGINAL_QUEUE_HEADER,
+    QUEUE_DEAD, QUEUE_IMIS, QUEUE_JOBS, QUEUE_RUNS, RETRY_DELAYS_S, WORK_QUEUES, Broker,
+    BrokerClosed, Delivery, PublishError, Reject, Retry, declared_queues, delay_queue_name,
+    is_work_queue, partition_of, partition_queue, tenant_jobs_queue, work_queue_of,
 )
 from .memory import MemoryBroker, MemoryServer
 from .rabbitmq import RabbitMQBroker
 
 __all__ = [
-    "ATTEMPT_HEADER", "DEATH_REASON_HEADER", "EXCHANGE", "ORIGINAL_QUEUE_HEADER", "QUEUE_DEAD",
-    "QUEUE_IMIS", "QUEUE_JOBS", "QUEUE_RUNS", "RETRY_DELAYS_S", "WORK_QUEUES", "Broker",
+    "ATTEMPT_HEADER", "DEAD_ATTEMPT_HEADER", "DEATH_REASON_HEADER", "EXCHANGE",
+    "ORIGINAL_QUEUE_HEADER", "QUEUE_DEAD", "QUEUE_IMIS", "QUEUE_JOBS", "QUEUE_RUNS", "RETRY_DELAYS_S", "WORK_QUEUES", "Broker",
     "BrokerClosed", "Delivery", "MemoryBroker", "MemoryServer", "PublishError",
     "RabbitMQBroker", "Reject", "Retry", "create_broker", "declared_queues", "delay_queue_name",
-    "is_work_queue", "partition_of", "partition_queue", "tenant_jobs_queue",
+    "is_work_queue", "partition_of", "partition_queue", "tenant_jobs_queue", "work_queue_of",
 ]
 
 

@@ -23,6 +23,8 @@ RETRY_DELAYS_S = (1, 5, 30, 120, 600)
 ATTEMPT_HEADER = "x-attempt"
 DEATH_REASON_HEADER = "x-death-reason"
 ORIGINAL_QUEUE_HEADER = "x-original-queue"
+# How many times a consumer of the dead queue has handled a dead-lettered message.
+DEAD_ATTEMPT_HEADER = "x-dead-attempt"
 
 # Headers that only the broker uses: the attempt counter, which Delivery carries as a
 # field, and the x-death family that RabbitMQ adds when a delay queue's TTL expires.
@@ -61,7 +63,12 @@ class BrokerClosed(PublishError):
 
 @dataclass(frozen=True)
 class Delivery:
-    """One message handed to a handler."""
+    """One message handed to a handler, with `payload`, its bytes as they arrived.
+
+    From the dead queue, `body` is empty when the payload is not a JSON object,
+    `headers` keeps every header the message died with, and `attempt` counts the
+    dead queue's own handling attempts.
+    """
 
     queue: str
     body: dict
@@ -69,6 +76,7 @@ class Delivery:
     attempt: int
     redelivered: bool
     message_id: str | None
+    payload: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,15 @@ def is_work_queue(name: str) -> bool:
     return name in WORK_QUEUES or partition_of(name) == name
 
 
+def work_queue_of(name: str) -> str | None:
+    """Return the work queue that name is, or is a partition of (`tm.jobs` for `tm.jobs.ACME`), or None."""
+    if name in WORK_QUEUES:
+        return name
+    if partition_of(name) == name:
+        return name.rpartition(".")[0]
+    return None
+
+
 def declared_queues(retry_delays_s: Iterable[float] = RETRY_DELAYS_S,
                     partitions: Iterable[str] = ()) -> tuple[str, ...]:
     """Return every queue name the broker declares: work queues, delay queues, dead queue.
@@ -177,9 +194,13 @@ def user_headers(headers: dict) -> dict:
 
 def attempt_of(headers: dict) -> int:
     """Return the attempt number stored in the headers; 1 when missing or invalid."""
-    attempt = headers.get(ATTEMPT_HEADER)
-    if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 1:
-        return attempt
+    return _positive_int(headers.get(ATTEMPT_HEADER))
+
+
+def _positive_int(value: object) -> int:
+    """Return value when it is an int of at least 1, else 1."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
     return 1
 
 
@@ -188,6 +209,11 @@ class Broker(abc.ABC):
 
     A handler returns to acknowledge, raises Reject to dead-letter, raises Retry (or
     any other exception) to come back through a delay queue, up to max_attempts.
+
+    The dead queue can be consumed too, but it has no delay queues and dead-letters
+    nowhere. A handler on it returns to acknowledge, and any exception puts the message
+    back at the end of the dead queue with its headers and a raised DEAD_ATTEMPT_HEADER,
+    so the handler must bound and pace its own attempts.
     """
 
     def __init__(self, *, max_attempts: int = 5, queue_prefix: str = "",
@@ -252,9 +278,9 @@ class Broker(abc.ABC):
         return self.queue_prefix + queue
 
     def _check_consumable(self, queue: str, prefetch: int) -> None:
-        if not is_work_queue(queue):
-            raise ValueError(f"consume accepts only the work queues {WORK_QUEUES} and their partitions, "
-                             f"got {queue!r}")
+        if not is_work_queue(queue) and queue != QUEUE_DEAD:
+            raise ValueError(f"consume accepts only the work queues {WORK_QUEUES}, their partitions and "
+                             f"{QUEUE_DEAD}, got {queue!r}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {prefetch}")
 
@@ -268,6 +294,9 @@ class Broker(abc.ABC):
 
     def _decide(self, handler: Callable[[Delivery], None], incoming: Incoming) -> Forward | None:
         """Run handler on the message; returns where to forward it before the ack, or None."""
+        if incoming.queue == QUEUE_DEAD:
+            return self._decide_dead(handler, incoming)
+
         body = _decode(incoming.payload)
         if isinstance(body, str):
             return self._dead_letter(incoming, body)
@@ -275,7 +304,8 @@ class Broker(abc.ABC):
         headers = user_headers(incoming.headers)
         attempt = attempt_of(incoming.headers)
         delivery = Delivery(queue=incoming.queue, body=body, headers=headers, attempt=attempt,
-                            redelivered=incoming.redelivered, message_id=incoming.message_id)
+                            redelivered=incoming.redelivered, message_id=incoming.message_id,
+                            payload=incoming.payload)
         try:
             handler(delivery)
         except Reject as error:
@@ -287,6 +317,25 @@ class Broker(abc.ABC):
                              incoming.message_id, incoming.queue, attempt)
             return self._retry(incoming, attempt, f"{type(error).__name__}: {error}", None)
         return None
+
+    def _decide_dead(self, handler: Callable[[Delivery], None], incoming: Incoming) -> Forward | None:
+        """Run handler on a dead-lettered message; returns None, or the dead queue again if it failed."""
+        body = _decode(incoming.payload)
+        attempt = _positive_int(incoming.headers.get(DEAD_ATTEMPT_HEADER))
+        delivery = Delivery(queue=QUEUE_DEAD, body=body if isinstance(body, dict) else {},
+                            headers=dict(incoming.headers), attempt=attempt, redelivered=incoming.redelivered,
+                            message_id=incoming.message_id, payload=incoming.payload)
+        try:
+            handler(delivery)
+        except (Reject, Retry) as error:
+            reason = error.reason
+        except Exception as error:
+            logger.exception("handler failed on dead-lettered message %s (attempt %d)", incoming.message_id, attempt)
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            return None
+        headers = {**incoming.headers, DEAD_ATTEMPT_HEADER: attempt + 1}
+        return Forward(queue=QUEUE_DEAD, headers=headers, reason=reason, dead=False)
 
     def _retry(self, incoming: Incoming, attempt: int, reason: str,
                delay_s: float | None) -> Forward:
@@ -320,6 +369,9 @@ class Broker(abc.ABC):
         if forward.dead:
             logger.warning("dead-lettered message %s from %s: %s",
                            incoming.message_id, incoming.queue, forward.reason)
+        elif incoming.queue == QUEUE_DEAD:
+            logger.warning("dead-lettered message %s went back to the end of %s (attempt %s): %s",
+                           incoming.message_id, QUEUE_DEAD, forward.headers[DEAD_ATTEMPT_HEADER], forward.reason)
         else:
             logger.info("message %s from %s will be retried through %s (attempt %s): %s",
                         incoming.message_id, incoming.queue, forward.queue,

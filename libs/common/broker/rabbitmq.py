@@ -288,10 +288,12 @@ class RabbitMQBroker(Broker):
                 forwarder.basic_publish(self._exchange, self._name(forward.queue), incoming.payload,
                                         properties, mandatory=True)
             except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as error:
-                logger.error("could not forward message %s from %s to %s (%r); rejecting it so "
-                             "that the queue dead-letters it", incoming.message_id, incoming.queue,
-                             forward.queue, error)
-                channel.basic_reject(delivery_tag, requeue=False)
+                # The dead queue dead-letters nowhere, so its message goes back to it instead.
+                requeue = incoming.queue == QUEUE_DEAD
+                logger.error("could not forward message %s from %s to %s (%r); %s", incoming.message_id,
+                             incoming.queue, forward.queue, error,
+                             "requeuing it" if requeue else "rejecting it so that the queue dead-letters it")
+                channel.basic_reject(delivery_tag, requeue=requeue)
                 return
             self._log_forward(incoming, forward)
         channel.basic_ack(delivery_tag)
