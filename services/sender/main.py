@@ -46,10 +46,15 @@ def workers_for(rate_sps: float, latency_s: float, max_workers: int = MAX_WORKER
     return max(1, min(max_workers, math.ceil(rate_sps * latency_s) + 1))
 
 
+def build_pacer(runtime: Runtime) -> Pacer:
+    """Return the pacer of an instance, with the margin of TM_SENDER_PACING_MARGIN_MS."""
+    return Pacer(runtime.db, runtime.clock, margin_s=runtime.settings.sender_pacing_margin_ms / 1000)
+
+
 def build_sender(runtime: Runtime, pacer: Pacer | None = None, *, stopping: threading.Event | None = None,
                  checkpoint: Callable[[str], None] = no_checkpoint) -> Sender:
     return Sender(runtime.db, broker=runtime.broker, tenants=runtime.tenants, twilio_factory=runtime.twilio,
-                  pacer=pacer or Pacer(runtime.db, runtime.clock), notifier=runtime.notifier, clock=runtime.clock,
+                  pacer=pacer or build_pacer(runtime), notifier=runtime.notifier, clock=runtime.clock,
                   public_callback_url=runtime.settings.public_callback_url,
                   lease_s=runtime.settings.sender_claim_lease_s, stopping=stopping, checkpoint=checkpoint)
 

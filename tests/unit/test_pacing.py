@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 import uuid
 
 import pytest
 
 from libs.common.clock import FakeClock
 from libs.common.storage import connect, create_indexes
+from libs.common.settings import Settings
+from services.sender.main import build_pacer
 from services.sender.pacing import Pacer
 
 KEY = "ACME:+18885550199"
@@ -70,6 +73,16 @@ def test_rate_3_one_segment(db, clock):
 
     assert max_in_window(sends) == 3
     assert 3.0 * 0.98 <= observed_rate(sends) <= 3.0
+
+
+@pytest.mark.parametrize("margin_ms", ["0", "40"])
+def test_margin_setting_widens_window(db, clock, margin_ms):
+    settings = Settings.from_env({"TM_SENDER_PACING_MARGIN_MS": margin_ms})
+    pacer = build_pacer(SimpleNamespace(db=db, clock=clock, settings=settings))
+
+    slots = [pacer.reserve("+18005550100", 1, 3.0) for _ in range(4)]
+
+    assert slots[3] - slots[0] == pytest.approx(1.0 + int(margin_ms) / 1000)
 
 
 def test_rate_3_evenly_spaced(db, clock):
