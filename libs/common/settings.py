@@ -15,7 +15,7 @@ POSITIVE_SETTINGS = (
     "session_hours", "scheduler_poll_s", "sender_workers", "sender_claim_lease_s", "twilio_timeout_s",
     "imis_timeout_s", "sign_in_max_failures", "sign_in_address_max_failures", "sign_in_lockout_minutes",
 )
-# A pacing margin past this would cost more than a fifth of every sender's rate.
+# The widest pacing margin accepted: 200 ms already costs a sixth of every sender's rate.
 MAX_PACING_MARGIN_MS = 200.0
 # Numeric settings for which 0 is a meaningful value.
 NON_NEGATIVE_SETTINGS = ("trusted_proxy_count", "sender_pacing_margin_ms")
@@ -52,7 +52,7 @@ class Settings:
     sender_claim_lease_s: float = 60.0
     # Milliseconds added to each one-second pacing window, to absorb the spread in time
     # from a send slot to Twilio's receipt of the create. Each millisecond costs 0.1% of
-    # the rate. See docs/benchmarks.md for the spread measured against the simulator.
+    # the rate (m ms cost m / (1000 + m) of it). See docs/benchmarks.md for the spread measured against the simulator.
     sender_pacing_margin_ms: float = 15.0
     twilio_timeout_s: float = 15.0
     imis_timeout_s: float = 30.0
@@ -115,8 +115,8 @@ class Settings:
         if not (math.isfinite(self.sender_pacing_margin_ms) and 0 <= self.sender_pacing_margin_ms <= MAX_PACING_MARGIN_MS):
             raise SettingsError(
                 f"TM_SENDER_PACING_MARGIN_MS must be from 0 to {MAX_PACING_MARGIN_MS:g} milliseconds, "
-                f"got {self.sender_pacing_margin_ms!r}; 15 suits a sender near Twilio, and more than 100 "
-                "costs over a tenth of the rate"
+                f"got {self.sender_pacing_margin_ms!r}; 15 suits a sender near Twilio, and 100 "
+                "costs about a tenth of the rate"
             )
         if not 1 <= self.sender_health_port <= 65535:
             raise SettingsError(f"TM_SENDER_HEALTH_PORT must be a TCP port from 1 to 65535, got {self.sender_health_port!r}")
