@@ -51,8 +51,9 @@ class Settings:
     sender_health_port: int = 8002
     sender_claim_lease_s: float = 60.0
     # Milliseconds added to each one-second pacing window, to absorb the spread in time
-    # from a send slot to Twilio's receipt of the create. Each millisecond costs 0.1% of
-    # the rate (m ms cost m / (1000 + m) of it). See docs/benchmarks.md for the spread measured against the simulator.
+    # from a send slot to Twilio's receipt of the create. A margin of m ms costs
+    # m / (1000 + m) of the rate, about 0.1% per millisecond. docs/benchmarks.md gives
+    # the spread measured against the simulator.
     sender_pacing_margin_ms: float = 15.0
     twilio_timeout_s: float = 15.0
     imis_timeout_s: float = 30.0
