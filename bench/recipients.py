@@ -41,6 +41,7 @@ import pika.exceptions
 from libs.common.broker import EXCHANGE, RabbitMQBroker, declared_queues, tenant_jobs_queue
 from libs.common.clock import SystemClock
 from libs.common.crypto import SecretBox
+from libs.common.message_ids import MessageIds
 from libs.common.imis import ImisClient, ImisSession
 from libs.common.logs import configure_logging
 from libs.common.notices import Notifier
@@ -132,7 +133,8 @@ def build_world(imis_url: str, amqp_url: str, queue_prefix: str):
     create_indexes(db)
     counting = CountingDatabase(db)
     clock = SystemClock()
-    tenants = TenantRepository(counting, SecretBox.from_settings(""))
+    secrets = SecretBox.from_settings("")
+    tenants = TenantRepository(counting, secrets)
     tenants.save(bench_tenant(imis_url))
     db.campaigns.insert_one(bench_campaign())
     db.runs.insert_one({"_id": "bench-run", "tenant_id": TENANT_ID, "campaign_id": CAMPAIGN_ID, "status": "queued",
@@ -148,7 +150,8 @@ def build_world(imis_url: str, amqp_url: str, queue_prefix: str):
         return sessions[tenant.cloud_id]
 
     expander = RunExpander(counting, broker=broker, tenants=tenants, imis_factory=imis_factory,
-                           notifier=Notifier(counting, clock=clock), clock=clock)
+                           notifier=Notifier(counting, clock=clock), clock=clock,
+                           message_ids=MessageIds.from_secrets(secrets))
     return counting, broker, expander
 
 

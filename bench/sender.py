@@ -51,6 +51,7 @@ from cryptography.fernet import Fernet
 from libs.common.broker import BrokerClosed, MemoryBroker, MemoryServer, tenant_jobs_queue
 from libs.common.clock import SystemClock
 from libs.common.crypto import SecretBox
+from libs.common.message_ids import MessageIds
 from libs.common.notices import Notifier
 from libs.common.storage import connect, create_indexes
 from libs.common.tenants import Tenant, TenantRepository
@@ -141,7 +142,9 @@ class World:
         self.db = connect(f"mongomock://localhost/bench_{uuid.uuid4().hex[:8]}")
         create_indexes(self.db)
         self.server = MemoryServer(self.clock)
-        self.tenants = TenantRepository(self.db, SecretBox(Fernet.generate_key().decode()))
+        secrets = SecretBox(Fernet.generate_key().decode())
+        self.tenants = TenantRepository(self.db, secrets)
+        self.message_ids = MessageIds.from_secrets(secrets)
         self.notifier = Notifier(self.db, clock=self.clock)
         self.lease_s = lease_s
         self.twilio_timeout_s = twilio_timeout_s
@@ -158,7 +161,7 @@ class World:
         self.db.runs.insert_one({"_id": run_id, "tenant_id": "BENCH", "campaign_id": "bench", "status": "sending",
                                  "expanded": True, "counts": {"recipients": count, "sent": 0, "done": 0}})
         jobs = [{"tenant_id": "BENCH", "campaign_id": "bench", "run_id": run_id,
-                 "message_id": f"{run_id}:{number(first + index)}", "member_id": str(first + index),
+                 "message_id": self.message_ids.build(run_id, number(first + index)), "member_id": str(first + index),
                  "to": number(first + index), "body": BODY, "segments": 1, "encoding": "GSM-7"}
                 for index in range(count)]
         MemoryBroker(server=self.server, retry_delays_s=RETRY_DELAYS_S).publish_many(

@@ -13,6 +13,7 @@ from cryptography.fernet import Fernet
 
 from libs.common.broker import Delivery, MemoryBroker, MemoryServer, tenant_jobs_queue
 from libs.common.crypto import SecretBox
+from libs.common.message_ids import MessageIds
 from libs.common.notices import Notifier
 from libs.common.progress import RunProgress
 from libs.common.storage import connect, create_indexes
@@ -153,7 +154,10 @@ class SenderWorld:
         self.db = connect(f"mongomock://localhost/sender_{uuid.uuid4().hex[:8]}")
         create_indexes(self.db)
         self.server = MemoryServer(clock)
-        self.tenants = TenantRepository(self.db, SecretBox(Fernet.generate_key().decode()))
+        self.secret_key = Fernet.generate_key().decode()
+        self.secrets = SecretBox(self.secret_key)
+        self.tenants = TenantRepository(self.db, self.secrets)
+        self.message_ids = MessageIds.from_secrets(self.secrets)
         self.notifier = Notifier(self.db, clock=clock)
         self.progress = RunProgress(self.db, clock)
         self.twilio = FakeTwilio(clock)
@@ -181,7 +185,8 @@ class SenderWorld:
         self.db.runs.insert_one({"_id": run_id, "tenant_id": tenant.cloud_id, "campaign_id": campaign_id,
                                  "status": status, "expanded": True, "counts": counts})
         return [{"tenant_id": tenant.cloud_id, "campaign_id": campaign_id, "run_id": run_id,
-                 "message_id": f"{run_id}:{number(first + index)}", "member_id": str(10000 + first + index),
+                 "message_id": self.message_ids.build(run_id, number(first + index)),
+                 "member_id": str(10000 + first + index),
                  "to": number(first + index), "body": body, "segments": segments, "encoding": "GSM-7"}
                 for index in range(count)]
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+DERIVED_KEY_BYTES = 32
 
 
 class SecretError(ValueError):
@@ -15,6 +21,7 @@ class SecretBox:
     def __init__(self, key: str):
         try:
             self._fernet = Fernet(key.encode() if isinstance(key, str) else key)
+            self._key_bytes = base64.urlsafe_b64decode(key)
         except (ValueError, TypeError):
             raise SecretError(
                 "TM_SECRET_KEY is not a Fernet key: generate one with "
@@ -28,6 +35,14 @@ class SecretBox:
         A fresh key suits only the embedded store, which lives no longer than the process.
         """
         return cls(secret_key or Fernet.generate_key().decode())
+
+    def derive_key(self, label: bytes) -> bytes:
+        """Return a 32-byte key for one purpose, derived from the secret key with HKDF-SHA256.
+
+        Each label gives an independent key, so a key derived for one purpose reveals
+        neither the secret key nor the key of another label.
+        """
+        return HKDF(algorithm=hashes.SHA256(), length=DERIVED_KEY_BYTES, salt=None, info=label).derive(self._key_bytes)
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")

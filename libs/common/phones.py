@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import phonenumbers
@@ -29,6 +30,12 @@ _NOT_MOBILE_REASONS = {
     PhoneNumberType.UAN: "not a mobile number (universal access number)",
     PhoneNumberType.VOICEMAIL: "not a mobile number (voicemail)",
 }
+
+# The form check_number returns: a plus sign, a country code that does not start with 0,
+# and at most 15 digits in all (ITU-T E.164).
+E164_PATTERN = re.compile(r"\+[1-9][0-9]{1,14}")
+# Digits of a number that logs keep, enough to tell numbers apart when reading them.
+SHOWN_DIGITS = 4
 
 # Regions that phonenumbers' locale data has no English name for (phonenumbers 9.0).
 _EXTRA_COUNTRY_NAMES = {"AC": "Ascension Island", "TA": "Tristan da Cunha", "XK": "Kosovo"}
@@ -104,6 +111,28 @@ def _check_text(raw: str, default_country: str) -> PhoneCheck:
         return PhoneCheck(raw, e164, True, None)
     reason = _NOT_MOBILE_REASONS.get(number_type, "not a mobile number")
     return PhoneCheck(raw, e164, False, reason)
+
+
+def is_e164(value: object) -> bool:
+    """Return whether `value` is a string in the E.164 form that check_number returns."""
+    return isinstance(value, str) and E164_PATTERN.fullmatch(value) is not None
+
+
+def mask_number(number: str) -> str:
+    """Return the number with all but its last four characters replaced by *, for logs."""
+    return "*" * max(len(number) - SHOWN_DIGITS, 0) + number[-SHOWN_DIGITS:]
+
+
+def mask_number_in(text: str, number: str) -> str:
+    """Return `text` with every occurrence of the number's digits masked, for logs.
+
+    The digits are matched without the plus sign, so the number is also masked where a
+    message shows it without the sign or URL-encoded ("%2B12025550143").
+    """
+    digits = number.lstrip("+")
+    if len(digits) <= SHOWN_DIGITS:
+        return text
+    return text.replace(digits, mask_number(digits))
 
 
 @functools.cache

@@ -10,6 +10,7 @@ from pymongo.database import Database
 from libs.common.broker import Broker, create_broker
 from libs.common.clock import SystemClock
 from libs.common.crypto import SecretBox
+from libs.common.message_ids import MessageIds
 from libs.common.notices import Notifier
 from libs.common.settings import Settings
 from libs.common.storage import connect, create_indexes
@@ -28,6 +29,7 @@ class Runtime:
     secrets: SecretBox
     tenants: TenantRepository
     notifier: Notifier
+    message_ids: MessageIds
     _twilio_clients: dict = field(default_factory=dict, repr=False)
     _imis_sessions: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -67,4 +69,5 @@ def build_runtime(settings: Settings, *, db: Database | None = None, broker: Bro
         settings=settings, db=db, broker=broker, clock=clock, secrets=secrets,
         tenants=TenantRepository(db, secrets),
         notifier=Notifier(db, smtp_url=settings.smtp_url, mail_from=settings.mail_from, clock=clock),
+        message_ids=MessageIds.from_secrets(secrets),
     )

@@ -26,6 +26,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
         ([("run_id", 1), ("status", 1)], {}),
         ([("tenant_id", 1), ("sid", 1)], {"sparse": True}),
         ([("tenant_id", 1), ("to", 1)], {}),
+        ([("run_id", 1), ("to", 1)], {}),
     ],
     "callbacks": [([("tenant_id", 1), ("message_id", 1)], {})],
     "optouts": [([("tenant_id", 1), ("number", 1)], {})],

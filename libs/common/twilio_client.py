@@ -16,6 +16,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from libs.common.phones import mask_number, mask_number_in
+
 logger = logging.getLogger(__name__)
 
 # Bounds the reconciliation read: one recipient rarely has more texts than this.
@@ -115,7 +117,7 @@ class TwilioGateway:
         except (TwilioException, requests.RequestException, json.JSONDecodeError) as error:
             raise _translate(error, "create a message", to) from error
 
-        logger.info("Twilio accepted message %s to %s with status %s", message.sid, _mask(to), message.status)
+        logger.info("Twilio accepted message %s to %s with status %s", message.sid, mask_number(to), message.status)
         return CreatedMessage(
             sid=message.sid,
             status=message.status,
@@ -170,22 +172,29 @@ def _translate(error: Exception, action: str, to: str) -> TwilioError | TwilioUn
     """Map an exception from the twilio library or requests to TwilioError or TwilioUnavailable.
 
     An unreadable response counts as unavailable, because the request may have been carried out.
+    The number `to` is masked in the returned error's text, because callers log that
+    text and pass it on in retry reasons. Twilio's messages can contain the number
+    (21211 reads "The 'To' number +1... is not a valid phone number."), and so does the
+    list URL in a connection error.
     """
     if isinstance(error, TwilioRestException):
-        translated = TwilioError(error.status, _twilio_code(error.code), _strip_library_prefix(error.msg))
+        translated = TwilioError(error.status, _twilio_code(error.code),
+                                 mask_number_in(_strip_library_prefix(error.msg), to))
     elif isinstance(error, TwilioServiceException):
-        translated = TwilioError(error.status, _twilio_code(error.code), error.detail or error.title)
+        translated = TwilioError(error.status, _twilio_code(error.code),
+                                 mask_number_in(error.detail or error.title, to))
     elif isinstance(error, TwilioException) and len(error.args) > 1 and hasattr(error.args[1], "status_code"):
-        translated = _from_page_error(error.args[1])
+        translated = _from_page_error(error.args[1], to)
     else:
-        translated = TwilioUnavailable(f"Twilio did not respond to a request to {action}: {error!r}")
+        described = f"Twilio did not respond to a request to {action}: {error!r}"
+        translated = TwilioUnavailable(mask_number_in(described, to))
 
-    logger.warning("failed to %s for %s: %s", action, _mask(to), translated)
+    logger.warning("failed to %s for %s: %s", action, mask_number(to), translated)
     return translated
 
 
-def _from_page_error(response) -> TwilioError:
-    """Build a TwilioError from a list page response whose status was not 200."""
+def _from_page_error(response, to: str) -> TwilioError:
+    """Build a TwilioError from a list page response whose status was not 200, with `to` masked."""
     try:
         payload = json.loads(response.text)
     except ValueError:
@@ -193,7 +202,8 @@ def _from_page_error(response) -> TwilioError:
     if not isinstance(payload, dict):
         payload = {}
     code = _twilio_code(payload.get("code"))
-    return TwilioError(response.status_code, code, str(payload.get("message", "unable to fetch page")))
+    message = str(payload.get("message", "unable to fetch page"))
+    return TwilioError(response.status_code, code, mask_number_in(message, to))
 
 
 def _strip_library_prefix(message: str) -> str:
@@ -214,7 +224,3 @@ def _twilio_code(value: object) -> int | None:
         return None
     return code if code >= 10000 else None
 
-
-def _mask(number: str) -> str:
-    """Return the number with all but its last four digits hidden, for logs."""
-    return "*" * max(len(number) - 4, 0) + number[-4:]

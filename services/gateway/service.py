@@ -134,7 +134,8 @@ class CampaignService:
         if self._db.runs.find_one({"_id": run_id, "tenant_id": tenant_id}, {"_id": 1}) is None:
             raise NotFound(f"no run {run_id} in this organisation")
         query = {"run_id": run_id, "tenant_id": tenant_id}
-        found = self._db.messages.find(query, dict.fromkeys(MESSAGE_FIELDS, 1)).sort("_id", 1).skip(offset).limit(limit)
+        # Message ids do not follow the number, so the order comes from the number itself.
+        found = self._db.messages.find(query, dict.fromkeys(MESSAGE_FIELDS, 1)).sort("to", 1).skip(offset).limit(limit)
         return {"messages": [_with_imis_log(message) for message in found],
                 "total": self._db.messages.count_documents(query)}
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from libs.common.imis import MAX_PAGE_SIZE, QueryPage
+from libs.common.message_ids import MessageIds
 from libs.common.phones import PhoneCheck, check_number
 from libs.common.texts import Template, TemplateError, render_and_measure
 from services.recipients.errors import CampaignSetupError
@@ -182,11 +183,11 @@ def segment_limit_message(segments: int, limit: int) -> str:
             "start: narrow the IQA, split the campaign, or shorten the text.")
 
 
-def build_job(job_base: Mapping[str, str], staged: Sequence) -> dict:
+def build_job(job_base: Mapping[str, str], staged: Sequence, message_ids: MessageIds) -> dict:
     """Return the `tm.jobs` body of a staged job; `job_base` contains tenant_id, campaign_id and run_id."""
     job = dict(job_base)
     job.update(zip(STAGED_JOB_FIELDS, staged))
-    job["message_id"] = f"{job_base['run_id']}:{job['to']}"
+    job["message_id"] = message_ids.build(job_base["run_id"], job["to"])
     return job
 
 

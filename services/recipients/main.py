@@ -19,7 +19,7 @@ PREFETCH = 1
 
 def build_expander(runtime: Runtime) -> RunExpander:
     return RunExpander(runtime.db, broker=runtime.broker, tenants=runtime.tenants, imis_factory=runtime.imis,
-                       notifier=runtime.notifier, clock=runtime.clock)
+                       notifier=runtime.notifier, clock=runtime.clock, message_ids=runtime.message_ids)
 
 
 def start(runtime: Runtime, stop: threading.Event) -> ConsumerGroup:

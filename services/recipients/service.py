@@ -11,6 +11,7 @@ from pymongo.database import Database
 from libs.common.broker import QUEUE_JOBS, Reject, Retry, tenant_jobs_queue
 from libs.common.imis import ImisError, ImisUnavailable
 from libs.common.logs import log_context
+from libs.common.message_ids import MessageIds
 from libs.common.notices import notify_run_failed
 from libs.common.progress import RunProgress
 from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
@@ -41,12 +42,14 @@ class RunExpander:
     in batches and moves a second checkpoint after the broker confirmed each batch,
     then drops the published jobs from their pages. A redelivered run resumes at the
     checkpoints. A batch published twice still gives one text per number, because
-    message ids are `{run_id}:{number}` and the sender sends each id once.
+    each message id is built from the run id and the number alone (`MessageIds`), and
+    the sender sends each id once.
     """
 
     def __init__(self, db: Database, *, broker, tenants: TenantRepository, imis_factory, notifier, clock,
-                 page_size: int = PAGE_SIZE, publish_batch: int = PUBLISH_BATCH_JOBS):
+                 message_ids: MessageIds, page_size: int = PAGE_SIZE, publish_batch: int = PUBLISH_BATCH_JOBS):
         self._store = ExpansionStore(db, clock)
+        self._message_ids = message_ids
         self._broker = broker
         self._tenants = tenants
         self._imis_factory = imis_factory
@@ -177,7 +180,7 @@ class RunExpander:
         job_base = {"tenant_id": run["tenant_id"], "campaign_id": run["campaign_id"], "run_id": run["_id"]}
         while page_no < run["page_count"]:
             staged, next_page = self._store.staged_jobs(run, page_no, self._publish_batch)
-            yield page_no, next_page, [build_job(job_base, entry) for entry in staged]
+            yield page_no, next_page, [build_job(job_base, entry, self._message_ids) for entry in staged]
             page_no = next_page
 
     # -- failing

@@ -62,7 +62,7 @@ def world(sim):
 
 
 def add_sent_text(runtime, number: str = NUMBER, member_id: str = MEMBER_ID) -> str:
-    message_id = f"r1:{number}"
+    message_id = runtime.message_ids.build("r1", number)
     runtime.db.messages.insert_one({"_id": message_id, "tenant_id": "ACME", "run_id": "r1", "campaign_id": "c1",
                                     "to": number, "member_id": member_id, "body": BODY, "status": "sent",
                                     "sid": "SM" + "ab" * 16, "sent_at": SENT_AT})

@@ -262,8 +262,9 @@ def test_status_callback_has_message_id(pipelines, backend):
     run_id = demo.first.run["id"]
 
     for create in demo.first.creates:
-        message_id = f"{run_id}:{create['to']}"
+        message_id = demo.stack.runtime.message_ids.build(run_id, create["to"])
         assert create["status_callback"] == f"{demo.stack.feedback_url}/twilio/status/{DEMO_CLOUD_ID}/{message_id}"
+        assert create["to"].lstrip("+") not in create["status_callback"]
         assert message_id in demo.first.messages
 
 
@@ -275,7 +276,9 @@ def test_sids_recorded(pipelines, backend):
     accepted = [create for create in demo.first.creates if create["sid"]]
 
     assert len(accepted) == SENT_COUNT
-    assert all(demo.first.messages[f"{run_id}:{create['to']}"].get("sid") == create["sid"] for create in accepted)
+    message_ids = demo.stack.runtime.message_ids
+    assert all(demo.first.messages[message_ids.build(run_id, create["to"])].get("sid") == create["sid"]
+               for create in accepted)
 
 
 @each_backend

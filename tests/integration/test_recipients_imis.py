@@ -47,7 +47,7 @@ class World:
     def expander(self) -> RunExpander:
         return RunExpander(self.db, broker=self.runtime.broker, tenants=self.runtime.tenants,
                            imis_factory=lambda tenant: self.session, notifier=self.runtime.notifier,
-                           clock=self.runtime.clock, page_size=PAGE_SIZE)
+                           clock=self.runtime.clock, message_ids=self.runtime.message_ids, page_size=PAGE_SIZE)
 
     def create_run(self, **campaign_fields) -> str:
         run_id = uuid.uuid4().hex
@@ -216,7 +216,7 @@ def test_server_errors_then_redelivery_resumes(world, sim):
     ids = [job["message_id"] for job in world.jobs()]
     successful = [entry for entry in world.query_requests() if entry["status"] == 200]
     assert run["status"] == "sending"
-    assert ids == [f"{run_id}:{e164(i)}" for i in range(250)]
+    assert ids == [world.runtime.message_ids.build(run_id, e164(i)) for i in range(250)]
     assert offsets(successful) == [0, 100, 200]
 
 

@@ -82,7 +82,7 @@ def run(runtime, tenant) -> dict:
 
 
 def add_message(runtime, number: str = CARLA_NUMBER, member_id: str = CARLA_ID, **fields) -> str:
-    message_id = f"r1:{number}"
+    message_id = runtime.message_ids.build("r1", number)
     document = {"_id": message_id, "tenant_id": "ACME", "run_id": "r1", "campaign_id": "c1", "to": number,
                 "member_id": member_id, "status": "sent", "sid": SID, "sent_at": runtime.clock.now()}
     document.update(fields)
@@ -129,12 +129,13 @@ def test_callback_before_sid_stored(runtime, feedback, run):
     sender = Sender(runtime.db, broker=runtime.broker, tenants=runtime.tenants,
                     twilio_factory=lambda sid, token: twilio, pacer=Pacer(runtime.db, runtime.clock),
                     notifier=runtime.notifier, clock=runtime.clock, public_callback_url="http://feedback.invalid")
-    job = {"tenant_id": "ACME", "campaign_id": "c1", "run_id": "r1", "message_id": f"r1:{CARLA_NUMBER}",
+    message_id = runtime.message_ids.build("r1", CARLA_NUMBER)
+    job = {"tenant_id": "ACME", "campaign_id": "c1", "run_id": "r1", "message_id": message_id,
            "member_id": CARLA_ID, "to": CARLA_NUMBER, "body": "Hello Carla", "segments": 1, "encoding": "GSM-7"}
 
     sender.handle(delivery(job, queue="tm.jobs"))
 
-    message = runtime.db.messages.find_one({"_id": f"r1:{CARLA_NUMBER}"})
+    message = runtime.db.messages.find_one({"_id": message_id})
     assert len(twilio.creates) == 1
     assert message["status"] == "delivered"
     assert message["sid"] == SID
@@ -146,9 +147,10 @@ def test_callback_before_sid_stored(runtime, feedback, run):
 
 
 def test_callback_for_unknown_message_kept(runtime, feedback, run):
-    feedback.on_status_callback("ACME", "r1:+12025550199", callback("delivered"))
+    unknown = runtime.message_ids.build("r1", "+12025550199")
+    feedback.on_status_callback("ACME", unknown, callback("delivered"))
 
-    assert runtime.db.callbacks.count_documents({"message_id": "r1:+12025550199"}) == 1
+    assert runtime.db.callbacks.count_documents({"message_id": unknown}) == 1
     assert runtime.db.messages.count_documents({}) == 0
 
 
@@ -348,7 +350,7 @@ def textunsub_job(runtime, member_ids=(CARLA_ID,)) -> dict:
     runtime.db.optouts.insert_one({"_id": f"ACME:{CARLA_NUMBER}", "tenant_id": "ACME", "number": CARLA_NUMBER,
                                    "member_ids": list(member_ids)})
     return {"kind": "textunsub", "tenant_id": "ACME", "number": CARLA_NUMBER, "member_ids": list(member_ids),
-            "sent_at": "2026-03-02T15:04:05+00:00", "message_id": f"r1:{CARLA_NUMBER}"}
+            "sent_at": "2026-03-02T15:04:05+00:00", "message_id": runtime.message_ids.build("r1", CARLA_NUMBER)}
 
 
 def test_writer_twice_one_activity(runtime, writer, imis):

@@ -5,7 +5,9 @@ import json
 import pytest
 
 from libs.common import phones
-from libs.common.phones import PhoneCheck, check_number, country_choices, is_valid_country
+from libs.common.phones import (
+    PhoneCheck, check_number, country_choices, is_e164, is_valid_country, mask_number, mask_number_in,
+)
 from tests.conftest import CASES_DIR
 
 PHONE_CASES = json.loads((CASES_DIR / "phones.json").read_text(encoding="utf-8"))["cases"]
@@ -169,3 +171,33 @@ def test_country_choices_sorted_by_name():
 
 def test_country_choices_constant():
     assert phones.COUNTRY_CHOICES == country_choices()
+
+
+@pytest.mark.parametrize("case", [case for case in PHONE_CASES if case.get("e164")], ids=phone_case_id)
+def test_checked_number_is_e164(case):
+    assert is_e164(check_number(case["raw"], case["default_country"]).e164)
+
+
+@pytest.mark.parametrize("value", ["2025550143", "+1 202 555 0143", "+0123456789", "+1202555014312345", "+", "",
+                                   None, 12025550143])
+def test_not_e164(value):
+    assert not is_e164(value)
+
+
+def test_mask_number_keeps_last_four():
+    assert mask_number("+12025550143") == "********0143"
+
+
+def test_mask_short_number():
+    assert mask_number("143") == "143"
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("The 'To' number +12025550143 is not a valid phone number.",
+     "The 'To' number +*******0143 is not a valid phone number."),
+    ("url: /Messages.json?To=%2B12025550143&PageSize=50", "url: /Messages.json?To=%2B*******0143&PageSize=50"),
+    ("to 12025550143 and again +12025550143", "to *******0143 and again +*******0143"),
+    ("another number +12025550199", "another number +12025550199"),
+])
+def test_mask_number_in_text(text, masked):
+    assert mask_number_in(text, "+12025550143") == masked

@@ -26,7 +26,7 @@ def run(runtime) -> dict:
 
 
 def add_message(runtime, number: str, status: str = "sent") -> str:
-    message_id = f"r1:{number}"
+    message_id = runtime.message_ids.build("r1", number)
     runtime.db.messages.insert_one({"_id": message_id, "tenant_id": "ACME", "run_id": "r1", "campaign_id": "c1",
                                     "to": number, "member_id": "10001", "status": status})
     return message_id

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from libs.common.imis import QueryPage
+from libs.common.message_ids import MessageIds
 from libs.common.texts import GSM7, UCS2, Template
 from services.recipients.errors import CampaignSetupError
 from services.recipients.expansion import (
@@ -276,6 +277,10 @@ def test_segment_limit_message():
 
 
 def test_build_job():
-    job = build_job({"tenant_id": "T", "campaign_id": "c", "run_id": "r"}, ["1", "+12025550143", "Hi", 1, GSM7])
-    assert job == {"tenant_id": "T", "campaign_id": "c", "run_id": "r", "message_id": "r:+12025550143",
+    message_ids = MessageIds(b"k" * 32)
+    job = build_job({"tenant_id": "T", "campaign_id": "c", "run_id": "r"}, ["1", "+12025550143", "Hi", 1, GSM7],
+                    message_ids)
+    assert job == {"tenant_id": "T", "campaign_id": "c", "run_id": "r",
+                   "message_id": message_ids.build("r", "+12025550143"),
                    "member_id": "1", "to": "+12025550143", "body": "Hi", "segments": 1, "encoding": GSM7}
+    assert "2025550143" not in job["message_id"]

@@ -74,7 +74,7 @@ class World:
         options.setdefault("page_size", 10)
         return RunExpander(self.db, broker=self.runtime.broker, tenants=self.runtime.tenants,
                            imis_factory=lambda tenant: self.imis, notifier=self.runtime.notifier,
-                           clock=self.runtime.clock, **options)
+                           clock=self.runtime.clock, message_ids=self.runtime.message_ids, **options)
 
     def create_run(self, campaign_id: str | None = None, status: str = "queued", **campaign_fields) -> str:
         """Insert a campaign (unless it exists) and a run of it; return the run id."""
@@ -157,8 +157,8 @@ def test_one_job_per_member(world):
     jobs = world.jobs()
     assert [job["to"] for job in jobs] == [e164(i) for i in range(25)]
     assert jobs[0] == {"tenant_id": "ACME", "campaign_id": world.run(run_id)["campaign_id"], "run_id": run_id,
-                       "message_id": f"{run_id}:{e164(0)}", "member_id": "10000", "to": e164(0),
-                       "body": "Hello Member0", "segments": 1, "encoding": "GSM-7"}
+                       "message_id": world.runtime.message_ids.build(run_id, e164(0)), "member_id": "10000",
+                       "to": e164(0), "body": "Hello Member0", "segments": 1, "encoding": "GSM-7"}
 
 
 def test_jobs_go_to_tenant_queue(world):
@@ -555,8 +555,9 @@ def test_unexpected_error_fails_run_at_last_attempt(world, monkeypatch):
 # ------------------------------------------------------------------ crash and redelivery
 
 
-def expected_ids(run_id: str, count: int) -> list[str]:
-    return [f"{run_id}:{e164(i)}" for i in range(count)]
+def expected_ids(world: World, run_id: str, count: int) -> list[str]:
+    """Return the message ids of the first `count` members' texts in the run, in row order."""
+    return [world.runtime.message_ids.build(run_id, e164(i)) for i in range(count)]
 
 
 @pytest.mark.parametrize("after_publishing", [False, True], ids=["before-confirm", "after-confirm"])
@@ -571,9 +572,9 @@ def test_publish_failure_then_redelivery(world, monkeypatch, after_publishing):
     expander.handle(delivery(run_id, attempt=2))
 
     ids = [job["message_id"] for job in world.jobs()]
-    assert sorted(set(ids)) == sorted(expected_ids(run_id, 95))
+    assert sorted(set(ids)) == sorted(expected_ids(world, run_id, 95))
     repeated = sorted(message_id for message_id, count in Counter(ids).items() if count > 1)
-    assert repeated == (sorted(expected_ids(run_id, 60))[30:] if after_publishing else [])
+    assert repeated == (sorted(expected_ids(world, run_id, 60)[30:]) if after_publishing else [])
     assert world.run(run_id)["counts"]["recipients"] == 95
 
 
@@ -601,7 +602,7 @@ def test_imis_failure_then_redelivery(world):
     ids = [job["message_id"] for job in world.jobs()]
     run = world.run(run_id)
     assert world.imis.calls[1]["start_offset"] == 40
-    assert ids == expected_ids(run_id, 95)
+    assert ids == expected_ids(world, run_id, 95)
     assert run["counts"]["recipients"] == 95
     assert run["skipped_by_reason"] == {"duplicate number": 1}
     assert run["status"] == "sending"
@@ -780,7 +781,7 @@ def test_store_calls_per_page_not_per_recipient(world, rows):
     counter = CallCounter(world.db)
     expander = RunExpander(counter, broker=world.runtime.broker, tenants=world.runtime.tenants,
                            imis_factory=lambda tenant: world.imis, notifier=world.runtime.notifier,
-                           clock=world.runtime.clock, page_size=100)
+                           clock=world.runtime.clock, message_ids=world.runtime.message_ids, page_size=100)
     expander.expand("ACME", run_id)
 
     pages = rows // 100

@@ -24,16 +24,16 @@ def gateway(runtime, tenant_factory):
     db.runs.insert_one({"_id": "r1", "tenant_id": "ACME", "campaign_id": "c1", "status": "completed"})
     db.runs.insert_one({"_id": "r2", "tenant_id": "OTHER", "campaign_id": "c2", "status": "completed"})
     messages = [
-        ("r1:+12025550101", "ACME", "r1", {"status": "delivered", "sent_at": SENT_AT, "imis_log": WRITTEN}),
-        ("r1:+12025550102", "ACME", "r1", {"status": "sent", "sent_at": SENT_AT}),
-        ("r1:+12025550103", "ACME", "r1", {"status": "opted_out", "error_code": 21610}),
-        ("r1:+12025550104", "ACME", "r1", {"status": "delivered", "sent_at": SENT_AT, "imis_log": MISSING}),
-        ("r2:+12025550101", "OTHER", "r2", {"status": "delivered", "sent_at": SENT_AT, "imis_log": WRITTEN}),
+        ("+12025550101", "ACME", "r1", {"status": "delivered", "sent_at": SENT_AT, "imis_log": WRITTEN}),
+        ("+12025550102", "ACME", "r1", {"status": "sent", "sent_at": SENT_AT}),
+        ("+12025550103", "ACME", "r1", {"status": "opted_out", "error_code": 21610}),
+        ("+12025550104", "ACME", "r1", {"status": "delivered", "sent_at": SENT_AT, "imis_log": MISSING}),
+        ("+12025550101", "OTHER", "r2", {"status": "delivered", "sent_at": SENT_AT, "imis_log": WRITTEN}),
     ]
-    for message_id, tenant_id, run_id, fields in messages:
-        db.messages.insert_one({"_id": message_id, "tenant_id": tenant_id, "run_id": run_id, "campaign_id": "c1",
-                                "member_id": "10001", "to": message_id.split(":")[1], "body": "Hello",
-                                "sid": "SM" + "ab" * 16, **fields})
+    for number, tenant_id, run_id, fields in messages:
+        db.messages.insert_one({"_id": runtime.message_ids.build(run_id, number), "tenant_id": tenant_id,
+                                "run_id": run_id, "campaign_id": "c1", "member_id": "10001", "to": number,
+                                "body": "Hello", "sid": "SM" + "ab" * 16, **fields})
     return create_app(runtime)
 
 
@@ -114,11 +114,12 @@ def test_other_tenants_run_is_404(gateway):
     assert response.status_code == 404
 
 
-def test_own_run_lists_only_own_texts(gateway):
+def test_own_run_lists_only_own_texts(gateway, runtime):
     page = signed_in(gateway, "OTHER").get("/api/runs/r2/messages").get_json()
 
     assert page["total"] == 1
-    assert [message["id"] for message in page["messages"]] == ["r2:+12025550101"]
+    assert [message["id"] for message in page["messages"]] == [runtime.message_ids.build("r2", "+12025550101")]
+    assert [message["to"] for message in page["messages"]] == ["+12025550101"]
 
 
 def test_needs_session(gateway):

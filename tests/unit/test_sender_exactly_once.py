@@ -9,6 +9,8 @@ import pytest
 
 from libs.common.broker import Retry, tenant_jobs_queue
 from libs.common.clock import FakeClock
+from libs.common.crypto import SecretBox
+from libs.common.message_ids import MessageIds
 from libs.common.progress import apply_callback_status
 from tests.sender_support import FAKE_START, WAIT_S, Instance, SenderWorld, delivery
 
@@ -180,6 +182,29 @@ def test_duplicate_jobs_one_text(world):
     assert set(world.twilio.create_counts().values()) == {1}
     assert len(world.twilio.creates) == 40
     assert world.run_document(jobs[0]["run_id"])["counts"]["sent"] == 40
+
+
+def test_jobs_built_again_one_text(world):
+    """A restarted recipients process builds the jobs again from the secret key: same ids, one text per number."""
+    tenant = world.tenant(sender_rate_sps=100.0)
+    jobs = world.run(tenant, 40)
+    restarted = MessageIds.from_secrets(SecretBox(world.secret_key))
+    rebuilt = [dict(job, message_id=restarted.build(job["run_id"], job["to"])) for job in jobs]
+    broker = world.broker()
+    world.publish(broker, jobs)
+    world.publish(broker, rebuilt)
+
+    instances = [Instance(world, QUEUE, workers=2).start() for _ in range(2)]
+    # Steps of 5 s: a 60 s lease lapses only if a Twilio call spans 12 of them (about 0.25 s).
+    finish_with(world, all_sent(world, jobs), advance_s=5.0)
+    finish_with(world, lambda: world.server.depth(QUEUE) == 0 and broker.queue_depth(QUEUE) == 0, advance_s=5.0)
+    for instance in instances:
+        instance.join()
+
+    assert [job["message_id"] for job in rebuilt] == [job["message_id"] for job in jobs]
+    assert set(world.twilio.create_counts().values()) == {1}
+    assert len(world.twilio.creates) == 40
+    assert world.db.messages.count_documents({"run_id": jobs[0]["run_id"]}) == 40
 
 
 # ------------------------------------------------------------------ stopping

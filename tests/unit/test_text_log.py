@@ -89,7 +89,7 @@ def sent_message(runtime, tenant_factory):
     runtime.db.campaigns.insert_one({"_id": "c1", "tenant_id": "ACME", "name": "Board meeting"})
 
     def add(number: str = NUMBER, tenant_id: str = "ACME", **fields) -> str:
-        message_id = f"r1:{number}"
+        message_id = runtime.message_ids.build("r1", number)
         document = {"_id": message_id, "tenant_id": tenant_id, "run_id": "r1", "campaign_id": "c1", "to": number,
                     "member_id": MEMBER_ID, "body": BODY, "status": "sent", "sid": "SM" + "ab" * 16,
                     "sent_at": SENT_AT}
@@ -483,7 +483,7 @@ def test_unknown_message_rejected(runtime, writer, imis, sent_message):
     sent_message()
 
     with pytest.raises(Reject):
-        writer.handle(delivery(sent_event("r1:+19995550100")))
+        writer.handle(delivery(sent_event(runtime.message_ids.build("r1", "+19995550100"))))
 
     assert imis.interaction_calls == 0
 

@@ -185,6 +185,27 @@ def test_error_hides_body_and_token(caplog):
     assert AUTH_TOKEN not in caplog.text
 
 
+def test_error_masks_number(caplog):
+    message = "The 'To' number +12025550143 is not a valid phone number."
+    gateway, _ = build_gateway(json_response(400, error_body(21211, 400, message)))
+    with pytest.raises(TwilioError) as raised:
+        gateway.create_message(to="+12025550143", from_="+12025550100", body="Hello")
+
+    assert "2025550143" not in str(raised.value)
+    assert "0143" in raised.value.message
+    assert "2025550143" not in caplog.text
+
+
+def test_list_unavailable_masks_number(caplog):
+    failure = requests.ConnectionError("Max retries exceeded with url: /Messages.json?To=%2B12025550143&PageSize=50")
+    gateway, _ = build_gateway(failure)
+    with pytest.raises(TwilioUnavailable) as raised:
+        gateway.list_messages(to="+12025550143", sent_after=dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc))
+
+    assert "2025550143" not in str(raised.value)
+    assert "2025550143" not in caplog.text
+
+
 def page(messages):
     return json_response(200, {
         "messages": messages, "page": 0, "page_size": 50, "start": 0, "end": len(messages) - 1,
