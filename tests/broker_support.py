@@ -151,9 +151,9 @@ class RabbitHarness:
         self._partitions: list[str] = []
         connect_or_fail(url).close()
 
-    def partition(self, key: str) -> str:
-        """Return the name of the `tm.jobs` partition for key; close() deletes its queues."""
-        name = partition_queue(QUEUE_JOBS, key)
+    def partition(self, key: str, queue: str = QUEUE_JOBS) -> str:
+        """Return the name of the partition of queue (`tm.jobs` by default) for key; close() deletes its queues."""
+        name = partition_queue(queue, key)
         self._partitions.append(name)
         return name
 
@@ -214,13 +214,21 @@ class RabbitHarness:
         return len(pids)
 
     def close(self) -> None:
+        """Close the brokers and delete this prefix's exchange and queues, with any partitions the code declared."""
         for broker in self._brokers:
             broker.close()
+        names = {self.prefix + name for name in declared_queues(DELAYS, self._partitions)} | set(self._listed_queues())
         with connect_or_fail(self.url) as connection:
             channel = connection.channel()
-            for name in declared_queues(DELAYS, self._partitions):
-                channel.queue_delete(self.prefix + name)
+            for name in sorted(names):
+                channel.queue_delete(name)
             channel.exchange_delete(self.prefix + "tm")
+
+    def _listed_queues(self) -> list[str]:
+        """Return the names of the server's queues under this prefix, as rabbitmqctl lists them."""
+        listing = subprocess.run(["rabbitmqctl", "-q", "list_queues", "--no-table-headers", "name"],
+                                 capture_output=True, text=True, check=True, timeout=WAIT_S).stdout
+        return [line.strip() for line in listing.splitlines() if line.strip().startswith(self.prefix)]
 
 
 def connect_or_fail(url: str) -> pika.BlockingConnection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections import Counter
@@ -11,8 +12,9 @@ from typing import Callable
 
 from cryptography.fernet import Fernet
 
-from libs.common.broker import Delivery, MemoryBroker, MemoryServer, tenant_jobs_queue
+from libs.common.broker import QUEUE_IMIS, Delivery, MemoryBroker, MemoryServer, tenant_jobs_queue
 from libs.common.crypto import SecretBox
+from libs.common.imis_queue import tenant_imis_queue
 from libs.common.message_ids import MessageIds
 from libs.common.notices import Notifier
 from libs.common.progress import RunProgress
@@ -206,6 +208,13 @@ class SenderWorld:
         """Publish the jobs to `queue`, by default each to its tenant's queue."""
         for job in jobs:
             broker.publish(queue or tenant_jobs_queue(job["tenant_id"]), job, message_id=job["message_id"])
+
+    def take_imis_jobs(self, tenant_id: str = "ACME") -> list[dict]:
+        """Return and remove the jobs in the tenant's partition of `tm.imis`, after checking that `tm.imis` has none."""
+        assert self.server.take(QUEUE_IMIS, 100) == [], f"iMIS jobs were published to {QUEUE_IMIS} itself"
+        partition = tenant_imis_queue(tenant_id)
+        self.server.declare_partition("", partition, DELAYS)
+        return [json.loads(message.payload) for message in self.server.take(partition, 100)]
 
     def message(self, job: dict) -> dict:
         return self.db.messages.find_one({"_id": job["message_id"]})

@@ -16,8 +16,9 @@ from typing import Protocol
 
 from pymongo.database import Database
 
-from libs.common.broker import QUEUE_IMIS, PublishError
+from libs.common.broker import PublishError
 from libs.common.imis import naive_utc_timestamp
+from libs.common.imis_queue import publish_imis_job
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def publish_sent_text(broker, db: Database, job: dict, sent_at: datetime, *, clo
     event = {"kind": SENT_TEXT_KIND, "tenant_id": job["tenant_id"], "number": job["to"],
              "member_ids": [job["member_id"]], "sent_at": sent_at.isoformat(), "message_id": job["message_id"]}
     try:
-        broker.publish(QUEUE_IMIS, event, message_id=f"{SENT_TEXT_KIND}:{job['message_id']}")
+        publish_imis_job(broker, event, message_id=f"{SENT_TEXT_KIND}:{job['message_id']}")
         return True
     except PublishError as error:
         logger.error("publishing the iMIS log of the sent text failed, so iMIS will not record it: %s", error)

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 
-from libs.common.broker import QUEUE_IMIS
-from libs.common.process import ConsumerGroup, runtime_from_env
+from libs.common.process import runtime_from_env
 from libs.common.runtime import Runtime
+from services.feedback.consumer import ImisJobRouter, ImisWriterPool, tenant_ids
 from services.feedback.service import ImisWriter
-
-logger = logging.getLogger(__name__)
-
-# iMIS asks integrators for serial calls, so one writer with one message at a time.
-PREFETCH = 1
 
 __all__ = ["runtime_from_env", "start_imis_writer"]
 
 
-def start_imis_writer(runtime: Runtime, stop: threading.Event) -> ConsumerGroup:
+def start_imis_writer(runtime: Runtime, stop: threading.Event) -> ImisWriterPool:
+    """Start this instance's iMIS writer: one worker per tenant's partition of `tm.imis`; it stops once stop is set."""
     writer = ImisWriter(runtime.db, tenants=runtime.tenants, imis_factory=runtime.imis, clock=runtime.clock,
                         notifier=runtime.notifier)
-    logger.info("feedback service consuming %s", QUEUE_IMIS)
-    return ConsumerGroup(runtime.broker, QUEUE_IMIS, writer.handle, prefetch=PREFETCH, workers=1, stop=stop,
-                         name="imis-writer").start()
+    router = ImisJobRouter(runtime.broker, runtime.tenants, writer)
+    return ImisWriterPool(runtime.broker, router.handle, tenant_ids=lambda: tenant_ids(runtime.db), stop=stop).start()

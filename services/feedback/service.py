@@ -7,8 +7,9 @@ from datetime import datetime
 
 from pymongo.database import Database
 
-from libs.common.broker import QUEUE_IMIS, Reject, Retry
+from libs.common.broker import Reject, Retry
 from libs.common.imis import ImisError, ImisUnavailable
+from libs.common.imis_queue import EARLIER_ATTEMPT_HEADER, publish_imis_job
 from libs.common.logs import log_context
 from libs.common.progress import CallbackOutcomes, RunProgress, apply_callback_status
 from libs.common.tenants import TenantNotFound, TenantRepository
@@ -115,8 +116,8 @@ class FeedbackService:
         )
         logger.info("opt-out recorded for %s member(s) (%s)", len(member_ids), source)
         if member_ids:
-            self._broker.publish(QUEUE_IMIS, {"kind": "textunsub", "tenant_id": tenant_id, "number": number,
-                                              "member_ids": member_ids, "sent_at": at.isoformat(), "message_id": None})
+            publish_imis_job(self._broker, {"kind": "textunsub", "tenant_id": tenant_id, "number": number,
+                                            "member_ids": member_ids, "sent_at": at.isoformat(), "message_id": None})
 
     def _record_opt_in(self, tenant_id: str, number: str, *, at: datetime) -> None:
         removed = self._db.optouts.find_one_and_delete({"_id": f"{tenant_id}:{number}"})
@@ -124,14 +125,14 @@ class FeedbackService:
             return
         logger.info("resubscribe recorded; removing %s TEXTUNSUB activities", len(removed.get("activities", [])))
         if removed.get("activities"):
-            self._broker.publish(QUEUE_IMIS, {"kind": "resubscribe", "tenant_id": tenant_id, "number": number,
-                                              "member_ids": removed.get("member_ids", []),
-                                              "activities": removed["activities"], "sent_at": at.isoformat(),
-                                              "message_id": None})
+            publish_imis_job(self._broker, {"kind": "resubscribe", "tenant_id": tenant_id, "number": number,
+                                            "member_ids": removed.get("member_ids", []),
+                                            "activities": removed["activities"], "sent_at": at.isoformat(),
+                                            "message_id": None})
 
 
 class ImisWriter:
-    """Consume `tm.imis`: log sent texts, write TEXTUNSUB activities, and delete them on resubscribe.
+    """Writer of iMIS jobs: it logs sent texts, writes TEXTUNSUB activities, and deletes them on resubscribe.
 
     Each activity's SEQN is stored on the opt-out, because deleting by member id alone
     would remove all of a member's activities. Before writing, the member's existing
@@ -175,7 +176,7 @@ class ImisWriter:
         message_id = delivery.body.get("message_id")
         if not isinstance(message_id, str) or not message_id:
             raise Reject("a sent-text job needs the message_id of the text")
-        repeated = delivery.redelivered or delivery.attempt > 1
+        repeated = delivery.redelivered or delivery.attempt > 1 or bool(delivery.headers.get(EARLIER_ATTEMPT_HEADER))
         try:
             self._text_log.log(tenant, imis, message_id, repeated=repeated)
         except SentTextNotFound as error:

@@ -15,8 +15,9 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from libs.common.broker import QUEUE_IMIS, Reject, Retry, tenant_jobs_queue
+from libs.common.broker import Reject, Retry, tenant_jobs_queue
 from libs.common.imis_log import publish_sent_text
+from libs.common.imis_queue import publish_imis_job
 from libs.common.logs import log_context
 from libs.common.progress import JOB_FIELDS, PARKED_STATUSES, SLOW_DOWN_CODES, RunProgress, backoff_s
 from libs.common.reconcile import CLAIM_FIELDS, find_created_message, record_sent, unknown_outcome_since
@@ -372,7 +373,7 @@ class Sender:
         )
         # Published before the message is final: a lost publish then leaves the claim to lapse
         # and the text to be tried again, and the iMIS writer skips an activity written twice.
-        self._broker.publish(QUEUE_IMIS, {
+        publish_imis_job(self._broker, {
             "kind": "textunsub", "tenant_id": job["tenant_id"], "number": job["to"],
             "member_ids": [job["member_id"]], "sent_at": now.isoformat(), "message_id": job["message_id"],
         }, message_id=f"textunsub:{job['message_id']}")

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from libs.common.broker import EXCHANGE, QUEUE_RUNS, PublishError, RabbitMQBroker, declared_queues, tenant_jobs_queue
+from libs.common.imis_queue import tenant_imis_queue
 from libs.common.process import ConsumerGroup
 from services.recipients.service import RunExpander
 from services.sender.pacing import Pacer
@@ -33,7 +34,8 @@ def broker(rabbitmq_url):
     rabbit.close()
     with connect_rabbitmq(rabbitmq_url) as connection:
         channel = connection.channel()
-        for name in declared_queues(DELAYS, partitions=[tenant_jobs_queue("ACME")]):
+        # The sender publishes each sent text's iMIS job to ACME's partition of `tm.imis`.
+        for name in declared_queues(DELAYS, partitions=[tenant_jobs_queue("ACME"), tenant_imis_queue("ACME")]):
             channel.queue_delete(prefix + name)
         channel.exchange_delete(prefix + EXCHANGE)
 

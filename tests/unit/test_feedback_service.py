@@ -9,6 +9,7 @@ import pytest
 
 from libs.common.broker import QUEUE_IMIS, Delivery
 from libs.common.imis import ImisUnavailable
+from libs.common.imis_queue import tenant_imis_queue
 from libs.common.twilio_client import CreatedMessage
 from services.feedback.service import FeedbackService, ImisWriter, keyword_of
 from services.sender.pacing import Pacer
@@ -96,7 +97,11 @@ def callback(status: str, **extra) -> dict:
 
 
 def imis_jobs(broker) -> list[dict]:
-    return [json.loads(message.payload) for message in broker.server.take(QUEUE_IMIS, 100)]
+    """Return and remove the jobs in ACME's partition of `tm.imis`, after checking that `tm.imis` itself has none."""
+    assert broker.server.take(QUEUE_IMIS, 100) == []
+    partition = tenant_imis_queue("ACME")
+    broker.server.declare_partition(broker.queue_prefix, partition, broker.retry_delays_s)
+    return [json.loads(message.payload) for message in broker.server.take(partition, 100)]
 
 
 def delivery(body: dict, queue: str = QUEUE_IMIS) -> Delivery:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
 
 from libs.common.broker import QUEUE_IMIS, PublishError, Retry
 from libs.common.clock import FakeClock
+from libs.common.imis_queue import tenant_imis_queue
 from services.sender import outcomes
 from tests.sender_support import FAKE_START, SENDER_NUMBER, SenderWorld, delivery, twilio_error, unavailable
 
@@ -132,7 +132,7 @@ def test_opt_out_queues_textunsub(world, tenant, sender, broker):
 
     sender.handle(delivery(job))
 
-    queued = [json.loads(message.payload) for message in world.server.take(QUEUE_IMIS, 10)]
+    queued = world.take_imis_jobs()
     assert len(queued) == 1
     assert queued[0]["kind"] == "textunsub"
     assert queued[0]["member_ids"] == [job["member_id"]]
@@ -419,7 +419,7 @@ def test_lost_textunsub_publish_retried(world, tenant, broker):
     publish = broker.publish
 
     def fail_imis(queue, body, **options):
-        if queue == QUEUE_IMIS:
+        if queue in (QUEUE_IMIS, tenant_imis_queue("ACME")):
             raise PublishError("RabbitMQ is unreachable")
         publish(queue, body, **options)
 
@@ -431,6 +431,6 @@ def test_lost_textunsub_publish_retried(world, tenant, broker):
 
     world.sender(broker).handle(delivery(job, attempt=2))
 
-    queued = [json.loads(message.payload) for message in world.server.take(QUEUE_IMIS, 10)]
+    queued = world.take_imis_jobs()
     assert [body["kind"] for body in queued] == ["textunsub"]
     assert world.message(job)["status"] == "opted_out"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -18,6 +17,7 @@ from libs.common.imis_log import (
     ACTIVITY, INTERACTION, OFF, SMS_MESSAGE_TYPE, TEXT_LOG_MODES, TEXT_MANAGER_CATEGORY, TEXTMSG, WRITERS, SentText,
     body_as_html,
 )
+from libs.common.imis_queue import tenant_imis_queue
 from services.feedback.service import ImisWriter
 from services.feedback.text_log import NO_INTERACTIONS_RECHECK_S
 from services.gateway import schemas
@@ -539,7 +539,7 @@ def test_sender_publishes_sent_event(sender_world):
 
     world.sender(broker).handle(job_delivery(job))
 
-    events = [json.loads(message.payload) for message in world.server.take(QUEUE_IMIS, 10)]
+    events = world.take_imis_jobs()
     assert len(events) == 1
     assert events[0]["kind"] == "sent"
     assert events[0]["message_id"] == job["message_id"]
@@ -559,7 +559,7 @@ def test_sender_publishes_once_per_text(sender_world):
     sender.handle(job_delivery(job))
     sender.handle(job_delivery(job, attempt=2))
 
-    assert len(world.server.take(QUEUE_IMIS, 10)) == 1
+    assert len(world.take_imis_jobs()) == 1
 
 
 def test_failed_publish_not_sent_again(sender_world):
@@ -571,7 +571,7 @@ def test_failed_publish_not_sent_again(sender_world):
     publish = broker.publish
 
     def fail_imis(queue, body, **options):
-        if queue == QUEUE_IMIS:
+        if queue in (QUEUE_IMIS, tenant_imis_queue("ACME")):
             raise PublishError("RabbitMQ is unreachable")
         publish(queue, body, **options)
 
@@ -585,4 +585,4 @@ def test_failed_publish_not_sent_again(sender_world):
     assert message["status"] == "sent"
     assert message["imis_log"]["status"] == "missing"
     assert "RabbitMQ is unreachable" in message["imis_log"]["reason"]
-    assert world.server.take(QUEUE_IMIS, 10) == []
+    assert world.take_imis_jobs() == []
