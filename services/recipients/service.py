@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from pymongo.database import Database
 
-from libs.common.broker import QUEUE_JOBS, Reject, Retry, tenant_jobs_queue
+from libs.common.broker import QUEUE_JOBS, EncodedBatch, Reject, Retry, tenant_jobs_queue
 from libs.common.imis import ImisError, ImisUnavailable
 from libs.common.logs import log_context
 from libs.common.message_ids import MessageIds
@@ -162,11 +162,11 @@ class RunExpander:
     def _publish(self, run: dict, token: str) -> None:
         queue = jobs_queue(run["tenant_id"])
         batches = self._job_batches(run, run.get("publish_page_no", 0))
-        # The next batch is read and built while the broker confirms the current one.
+        # The next batch is read, built and encoded while the broker confirms the current one.
         with prefetched(batches, name=f"job-batches-{run['_id'][:8]}") as ready:
-            for first_page, next_page, jobs in ready:
-                if jobs:
-                    self._broker.publish_many(queue, jobs, message_ids=[job["message_id"] for job in jobs])
+            for first_page, next_page, batch in ready:
+                if batch.payloads:
+                    self._broker.publish_many(queue, batch)
                 self._store.checkpoint_published(run, token, next_page)
                 self._store.drop_published_jobs(run, range(first_page, next_page))
 
@@ -175,12 +175,13 @@ class RunExpander:
                     finished.get("segments", 0))
         self._progress.complete_if_done(finished)
 
-    def _job_batches(self, run: dict, page_no: int) -> Iterator[tuple[int, int, list[dict]]]:
-        """Yield (first page, page after the last, jobs) for each batch of about `publish_batch` jobs."""
+    def _job_batches(self, run: dict, page_no: int) -> Iterator[tuple[int, int, EncodedBatch]]:
+        """Yield (first page, page after the last, encoded jobs) for each batch of about `publish_batch` jobs."""
         job_base = {"tenant_id": run["tenant_id"], "campaign_id": run["campaign_id"], "run_id": run["_id"]}
         while page_no < run["page_count"]:
             staged, next_page = self._store.staged_jobs(run, page_no, self._publish_batch)
-            yield page_no, next_page, [build_job(job_base, entry, self._message_ids) for entry in staged]
+            jobs = [build_job(job_base, entry, self._message_ids) for entry in staged]
+            yield page_no, next_page, self._broker.encode_batch(jobs, [job["message_id"] for job in jobs])
             page_no = next_page
 
     # -- failing

@@ -405,6 +405,27 @@ def test_publish_many_confirms_all(harness):
     assert sorted(delivery.message_id for delivery in received) == sorted(ids)
 
 
+def test_publish_many_encoded_batch(harness):
+    broker = harness.make()
+    batch = broker.encode_batch([{"n": 1}, {"n": 2}], ["run1:a", "run1:b"])
+
+    count = broker.publish_many(QUEUE_JOBS, batch)
+
+    assert count == 2
+    recorder = Recorder()
+    with ConsumerThread(broker, QUEUE_JOBS, recorder, prefetch=2):
+        received = recorder.wait_for(2)
+    assert sorted((delivery.message_id, delivery.body["n"]) for delivery in received) == [("run1:a", 1), ("run1:b", 2)]
+
+
+def test_encoded_batch_takes_no_extra_ids(harness):
+    broker = harness.make()
+    batch = broker.encode_batch([{"n": 1}], ["run1:a"])
+
+    with pytest.raises(ValueError, match="carries its own message ids"):
+        broker.publish_many(QUEUE_JOBS, batch, message_ids=["run1:b"])
+
+
 def test_publish_many_empty_batch(harness):
     broker = harness.make()
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from libs.common.broker import (
-    QUEUE_DEAD, QUEUE_IMIS, QUEUE_JOBS, RabbitMQBroker, declared_queues,
+    QUEUE_DEAD, QUEUE_IMIS, QUEUE_JOBS, PublishError, RabbitMQBroker, declared_queues,
     delay_queue_name,
 )
 from tests.broker_support import (
@@ -74,6 +74,20 @@ def test_every_queue_keeps_its_messages_on_disk(harness):
     for name, (_, arguments) in queues.items():
         assert '{"x-queue-mode","lazy"}' in arguments, name
         assert '{"x-queue-version",2}' in arguments, name
+
+
+def test_batch_declares_deleted_queue_again(harness):
+    """Batches skip the topology once declared, so a queue deleted since fails one batch, not every one."""
+    broker = harness.make()
+    broker.publish_many(QUEUE_JOBS, [{"n": 1}])
+    with connect_or_fail(AMQP_URL) as connection:
+        connection.channel().queue_delete(harness.prefix + QUEUE_JOBS)
+
+    with pytest.raises(PublishError, match="1 unroutable"):
+        broker.publish_many(QUEUE_JOBS, [{"n": 2}])
+
+    assert broker.publish_many(QUEUE_JOBS, [{"n": 3}]) == 1
+    assert broker.queue_depth(QUEUE_JOBS) == 1
 
 
 def test_delay_queue_arguments(harness):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .base import (
     ATTEMPT_HEADER, DEAD_ATTEMPT_HEADER, DEATH_REASON_HEADER, EXCHANGE, ORIGINAL_QUEUE_HEADER,
     QUEUE_DEAD, QUEUE_IMIS, QUEUE_JOBS, QUEUE_RUNS, RETRY_DELAYS_S, WORK_QUEUES, Broker,
-    BrokerClosed, Delivery, PublishError, Reject, Retry, declared_queues, delay_queue_name,
+    BrokerClosed, Delivery, EncodedBatch, PublishError, Reject, Retry, declared_queues, delay_queue_name,
     is_work_queue, partition_of, partition_queue, tenant_jobs_queue, work_queue_of,
 )
 from .memory import MemoryBroker, MemoryServer
@@ -14,7 +14,7 @@ from .rabbitmq import RabbitMQBroker
 __all__ = [
     "ATTEMPT_HEADER", "DEAD_ATTEMPT_HEADER", "DEATH_REASON_HEADER", "EXCHANGE",
     "ORIGINAL_QUEUE_HEADER", "QUEUE_DEAD", "QUEUE_IMIS", "QUEUE_JOBS", "QUEUE_RUNS", "RETRY_DELAYS_S", "WORK_QUEUES", "Broker",
-    "BrokerClosed", "Delivery", "MemoryBroker", "MemoryServer", "PublishError",
+    "BrokerClosed", "Delivery", "EncodedBatch", "MemoryBroker", "MemoryServer", "PublishError",
     "RabbitMQBroker", "Reject", "Retry", "create_broker", "declared_queues", "delay_queue_name",
     "is_work_queue", "partition_of", "partition_queue", "tenant_jobs_queue", "work_queue_of",
 ]

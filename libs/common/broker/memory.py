@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 from libs.common.clock import SystemClock
 
 from .base import (
-    QUEUE_DEAD, RETRY_DELAYS_S, WORK_QUEUES, Broker, BrokerClosed, Delivery, Forward,
+    QUEUE_DEAD, RETRY_DELAYS_S, WORK_QUEUES, Broker, BrokerClosed, Delivery, EncodedBatch, Forward,
     Incoming, PublishError, delay_queue_name, encode_body, partition_of,
 )
 
@@ -168,10 +168,10 @@ class MemoryBroker(Broker):
             raise PublishError(f"message {message_id} to {queue} is unroutable: "
                                f"no queue has that name") from None
 
-    def publish_many(self, queue: str, bodies: Iterable[dict], *,
+    def publish_many(self, queue: str, bodies: Iterable[dict] | EncodedBatch, *,
                      message_ids: Iterable[str] | None = None) -> int:
-        payloads = [encode_body(body) for body in bodies]
-        ids = self._message_ids(len(payloads), message_ids)
+        batch = self._encoded(bodies, message_ids)
+        payloads, ids = batch.payloads, batch.message_ids
         self._check_open()
         self._declare_partition_of(queue)
         try:
