@@ -119,6 +119,12 @@ class Settings:
                 f"got {self.sender_pacing_margin_ms!r}; 15 suits a sender near Twilio, and 100 "
                 "costs about a tenth of the rate"
             )
+        if self.sender_claim_lease_s <= 2 * self.twilio_timeout_s:
+            raise SettingsError(
+                f"TM_SENDER_CLAIM_LEASE_S ({self.sender_claim_lease_s:g}) must be more than twice "
+                f"TM_TWILIO_TIMEOUT_S ({self.twilio_timeout_s:g}): a claim that lapses while its Twilio call is "
+                "still open lets another sender instance text the member again. Raise the lease or lower the timeout"
+            )
         if not 1 <= self.sender_health_port <= 65535:
             raise SettingsError(f"TM_SENDER_HEALTH_PORT must be a TCP port from 1 to 65535, got {self.sender_health_port!r}")
 

@@ -261,7 +261,6 @@ class MessagesOut(Schema):
     total = fields.Integer()
 
 
-
 class PreviewSampleOut(Schema):
     member_id = fields.String()
     to = fields.String()

@@ -18,6 +18,7 @@ SPECIAL_VALUES = {
     "log_level": ("WARNING", "WARNING"),
     "secure_cookies": ("true", True),
     "sender_health_port": ("9102", 9102),
+    "sender_claim_lease_s": ("90", 90.0),
 }
 SAMPLE_BY_TYPE = {"str": ("https://texts.example.org", "https://texts.example.org"), "int": ("7", 7),
                   "float": ("2.5", 2.5), "bool": ("yes", True)}
@@ -119,6 +120,18 @@ def test_mongodb_needs_secrets(secrets):
 
     with pytest.raises(SettingsError, match="TM_SECRET_KEY and TM_SESSION_SECRET"):
         Settings.from_env(environ)
+
+
+@pytest.mark.parametrize("lease, timeout", [("30", "15"), ("20", "15"), ("60", "45")])
+def test_claim_lease_outlasts_twilio_call(lease, timeout):
+    with pytest.raises(SettingsError, match="more than twice TM_TWILIO_TIMEOUT_S"):
+        Settings.from_env({"TM_SENDER_CLAIM_LEASE_S": lease, "TM_TWILIO_TIMEOUT_S": timeout})
+
+
+def test_claim_lease_long_enough():
+    settings = Settings.from_env({"TM_SENDER_CLAIM_LEASE_S": "31", "TM_TWILIO_TIMEOUT_S": "15"})
+
+    assert settings.sender_claim_lease_s == 31.0
 
 
 def test_mongomock_needs_no_secrets():
