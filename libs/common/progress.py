@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from pymongo import ReturnDocument
 from pymongo.database import Database
@@ -153,6 +153,21 @@ def apply_callback_status(db: Database, progress: RunProgress, *, tenant_id: str
     if status in FINAL_COUNTER:
         progress.count_final(before["run_id"], status)
     return status
+
+
+# A `deferred_until` that has always passed: the scheduler publishes such texts at its next tick.
+DUE_AT_ONCE = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def wake_deferred(db: Database, tenant_id: str) -> int:
+    """Make the tenant's texts held back by the daily allowance due now; return how many.
+
+    Called when the allowance grows. The sender takes the allowance again for each
+    text, so a text that still does not fit is deferred again, to the next midnight.
+    """
+    result = db.messages.update_many({"tenant_id": tenant_id, "status": "deferred"},
+                                     {"$set": {"deferred_until": DUE_AT_ONCE}})
+    return result.modified_count
 
 
 def backoff_s(attempt: int, first_delay_s: float, *, cap_s: float = 600.0, rng=random) -> float:

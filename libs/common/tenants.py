@@ -73,6 +73,11 @@ class TenantRepository:
         self._collection = db.tenants
         self._secrets = secrets
 
+    @property
+    def database(self) -> Database:
+        """The database that holds the tenants, for changes that follow a tenant's."""
+        return self._collection.database
+
     def get(self, cloud_id: str) -> Tenant:
         """Return the tenant; raise TenantNotFound when the Cloud ID is unknown."""
         document = self._collection.find_one({"_id": cloud_id})

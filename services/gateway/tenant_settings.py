@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from libs.common.imis import ImisAuthError, ImisClient, ImisError
+from libs.common.progress import wake_deferred
 from libs.common.tenants import Tenant, TenantChanged, TenantRepository
 from services.gateway.errors import Conflict, InvalidInput, NotAdministrator
+
+logger = logging.getLogger(__name__)
 
 MAX_ADMINS = 100
 MAX_USERNAME_CHARS = 200
@@ -57,7 +62,8 @@ def change_settings(tenants: TenantRepository, tenant_id: str, username: str, ch
     """Apply an administrator's changes; return the tenant.
 
     The user is checked against the stored administrator list, so removing an
-    administrator takes effect at once. Raises NotAdministrator, InvalidInput when iMIS
+    administrator takes effect at once. A raised daily limit sends the texts it held
+    back at the scheduler's next tick. Raises NotAdministrator, InvalidInput when iMIS
     does not accept the service account as it would be saved, and Conflict when the
     administrator list keeps changing meanwhile.
     """
@@ -67,9 +73,15 @@ def change_settings(tenants: TenantRepository, tenant_id: str, username: str, ch
         if IMIS_ACCOUNT_FIELDS & set(changes):
             check_imis_account(tenant, changes)
         try:
-            return tenants.update(tenant_id, changes, expected_admins=tenant.admins)
+            updated = tenants.update(tenant_id, changes, expected_admins=tenant.admins)
         except TenantChanged:
             continue
+        if updated.daily_limit > tenant.daily_limit:
+            woken = wake_deferred(tenants.database, tenant_id)
+            if woken:
+                logger.info("daily limit raised from %s to %s; %s deferred texts go out now",
+                            tenant.daily_limit, updated.daily_limit, woken)
+        return updated
     raise Conflict("the administrator list changed while the settings were saved: reload the page and save again")
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from libs.common.broker import QUEUE_JOBS, QUEUE_RUNS, PublishError
+from libs.common.progress import wake_deferred
 from services.scheduler.service import Scheduler
 
 LEASE_S = 30.0
@@ -194,6 +195,19 @@ def test_concurrent_schedulers_publish_once(runtime, add_run):
 
     run_ids = sorted(body["run_id"] for body in published_runs(runtime.broker))
     assert run_ids == [f"r{index}" for index in range(5)]
+
+
+def test_woken_deferred_text_released_at_once(runtime, scheduler):
+    job = {"message_id": "r1:a", "to": "+12025550142"}
+    runtime.db.messages.insert_one({"_id": "r1:a", "tenant_id": "ACME", "status": "deferred", "job": job,
+                                    "deferred_until": runtime.clock.now() + timedelta(hours=1)})
+
+    woken = wake_deferred(runtime.db, "ACME")
+    scheduler.tick()
+
+    assert woken == 1
+    assert runtime.broker.queue_depth(QUEUE_JOBS) == 1
+    assert runtime.db.messages.find_one({"_id": "r1:a"})["status"] == "retrying"
 
 
 def test_deferred_text_released_when_due(runtime, scheduler):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
+
+from libs.common.progress import DUE_AT_ONCE
 
 from services.gateway.errors import Conflict, NotAdministrator
 from services.gateway.tenant_settings import MAX_ADMINS, change_settings, clean_admins, require_admin
@@ -111,3 +115,33 @@ def test_change_gives_up_with_conflict(runtime, tenant_factory):
         change_settings(AlwaysChanging(runtime.tenants, remove=""), "ACME", "jsmith", {"daily_limit": 10})
 
     assert runtime.tenants.get("ACME").daily_limit == 3000
+
+
+def _deferred_text(db, message_id: str, tenant_id: str) -> None:
+    db.messages.insert_one({"_id": message_id, "tenant_id": tenant_id, "status": "deferred",
+                            "deferred_until": datetime(2030, 1, 2, 5, tzinfo=timezone.utc)})
+
+
+def test_raised_limit_wakes_deferred_texts(runtime, tenant_factory):
+    tenant_factory(admins=("jsmith",), daily_limit=480)
+    tenant_factory(cloud_id="OTHER", admins=("jsmith",), daily_limit=480)
+    _deferred_text(runtime.db, "m1", "ACME")
+    _deferred_text(runtime.db, "m2", "OTHER")
+
+    change_settings(runtime.tenants, "ACME", "jsmith", {"daily_limit": 3000})
+
+    woken = runtime.db.messages.find_one({"_id": "m1"})
+    untouched = runtime.db.messages.find_one({"_id": "m2"})
+    assert woken["deferred_until"].replace(tzinfo=timezone.utc) == DUE_AT_ONCE
+    assert untouched["deferred_until"].replace(tzinfo=timezone.utc) == datetime(2030, 1, 2, 5, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("new_limit", [480, 100])
+def test_same_or_lower_limit_keeps_texts_deferred(runtime, tenant_factory, new_limit):
+    tenant_factory(admins=("jsmith",), daily_limit=480)
+    _deferred_text(runtime.db, "m1", "ACME")
+
+    change_settings(runtime.tenants, "ACME", "jsmith", {"daily_limit": new_limit})
+
+    kept = runtime.db.messages.find_one({"_id": "m1"})
+    assert kept["deferred_until"].replace(tzinfo=timezone.utc) == datetime(2030, 1, 2, 5, tzinfo=timezone.utc)
