@@ -9,6 +9,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from libs.common.broker import QUEUE_JOBS
+from libs.common.imis_log import publish_sent_text
 from libs.common.progress import JOB_FIELDS, RunProgress
 from libs.common.reconcile import CLAIM_FIELDS, find_created_message, record_sent, unknown_outcome_since
 from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
@@ -35,8 +36,10 @@ class DeadJobs:
     stay as they are. A text recorded as failed is counted on its run.
     """
 
-    def __init__(self, db: Database, progress: RunProgress, *, tenants: TenantRepository, twilio_factory, clock):
+    def __init__(self, db: Database, progress: RunProgress, *, broker, tenants: TenantRepository, twilio_factory,
+                 clock):
         self._db = db
+        self._broker = broker
         self._progress = progress
         self._tenants = tenants
         self._twilio_factory = twilio_factory
@@ -79,7 +82,8 @@ class DeadJobs:
                 reason = f"{reason}; Twilio's message list could not be read ({error}), so the text may have been sent"
             if created is not None:
                 logger.info("Twilio has the text of the dead job as %s; recording it sent", created.sid)
-                record_sent(self._db, self._progress, job, message.get("claim_token"), created.sid, at=now)
+                if record_sent(self._db, self._progress, job, message.get("claim_token"), created.sid, at=now):
+                    publish_sent_text(self._broker, self._db, job, now, clock=self._clock)
                 return
         self._fail(job, {"status": "sending", "claim_token": message.get("claim_token")}, reason)
 

@@ -133,7 +133,7 @@ class DeadLetterHandler:
     store or Twilio outage does not spin the consumer.
     """
 
-    def __init__(self, db: Database, *, tenants: TenantRepository, twilio_factory, notifier, clock,
+    def __init__(self, db: Database, *, broker, tenants: TenantRepository, twilio_factory, notifier, clock,
                  queue_prefix: str = "", pause: Callable[[float], object] | None = None,
                  retry_pause_s: float = RETRY_PAUSE_S, max_tries: int = MAX_TRIES):
         self._db = db
@@ -145,7 +145,8 @@ class DeadLetterHandler:
         self._retry_pause_s = retry_pause_s
         self._max_tries = max_tries
         self._progress = RunProgress(db, clock)
-        self._jobs = DeadJobs(db, self._progress, tenants=tenants, twilio_factory=twilio_factory, clock=clock)
+        self._jobs = DeadJobs(db, self._progress, broker=broker, tenants=tenants, twilio_factory=twilio_factory,
+                              clock=clock)
 
     def handle(self, delivery: Delivery) -> None:
         """Settle or keep one dead letter; raise Retry to have it back later."""

@@ -26,7 +26,7 @@ def build_scheduler(runtime: Runtime) -> Scheduler:
 
 def build_dead_letter_handler(runtime: Runtime, stop: threading.Event) -> DeadLetterHandler:
     """Return the handler of `tm.dead`; its pause between tries ends early once stop is set."""
-    return DeadLetterHandler(runtime.db, tenants=runtime.tenants, twilio_factory=runtime.twilio,
+    return DeadLetterHandler(runtime.db, broker=runtime.broker, tenants=runtime.tenants, twilio_factory=runtime.twilio,
                              notifier=runtime.notifier, clock=runtime.clock,
                              queue_prefix=runtime.broker.queue_prefix, pause=stop.wait)
 

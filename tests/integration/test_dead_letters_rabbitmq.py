@@ -43,7 +43,7 @@ def test_dead_job_ends_failed(harness, world):
             raise AutoReconnect("the store did not respond")
 
     sender = world.sender(broker, checkpoint=store_fails, lease_s=LEASE_S)
-    handler = DeadLetterHandler(world.db, tenants=world.tenants, twilio_factory=lambda sid, token: world.twilio,
+    handler = DeadLetterHandler(world.db, broker=broker, tenants=world.tenants, twilio_factory=lambda sid, token: world.twilio,
                                 notifier=world.notifier, clock=world.clock, queue_prefix=harness.prefix,
                                 retry_pause_s=0.2)
     broker.publish(queue, job, message_id=job["message_id"])

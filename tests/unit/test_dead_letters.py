@@ -62,7 +62,7 @@ def handler(world, pauses) -> DeadLetterHandler:
 
 
 def build_handler(world: SenderWorld, *, tenants=None, pauses=None) -> DeadLetterHandler:
-    return DeadLetterHandler(world.db, tenants=tenants or world.tenants,
+    return DeadLetterHandler(world.db, broker=world.broker(), tenants=tenants or world.tenants,
                              twilio_factory=lambda sid, token: world.twilio, notifier=world.notifier,
                              clock=world.clock, pause=pauses or (lambda seconds: None))
 
@@ -180,6 +180,7 @@ def test_text_in_twilio_recorded_sent(world, tenant, handler):
     assert counts(world, job)["sent"] == 1
     assert counts(world, job)["failed"] == 0
     assert counts(world, job)["done"] == 0
+    assert [event["message_id"] for event in world.take_imis_jobs()] == [job["message_id"]]
 
 
 def test_text_not_in_twilio_fails(world, tenant, handler):

@@ -510,7 +510,7 @@ def test_rejected_job_kept_from_partition(world):
     textunsub = {"kind": "textunsub", "tenant_id": "ACME", "number": job["to"], "member_ids": [job["member_id"]],
                  "sent_at": SENT_AT.isoformat(), "message_id": None}
     publish_imis_job(world.broker, textunsub)
-    handler = DeadLetterHandler(world.db, tenants=world.runtime.tenants, twilio_factory=lambda sid, token: None,
+    handler = DeadLetterHandler(world.db, broker=world.broker, tenants=world.runtime.tenants, twilio_factory=lambda sid, token: None,
                                 notifier=world.runtime.notifier, clock=world.clock, pause=lambda seconds: None)
     stop = threading.Event()
     pool = start_pool(world, stop)
