@@ -13,6 +13,7 @@ from libs.common.broker import QUEUE_JOBS, QUEUE_RUNS, PublishError, tenant_jobs
 from libs.common.logs import log_context
 from libs.common.progress import RUN_COUNTERS
 from services.scheduler.recurrence import Rule, RuleError
+from services.scheduler.text_logs import UnloggedTexts
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,10 @@ class Scheduler:
         self._broker = broker
         self._clock = clock
         self._lease = timedelta(seconds=lease_s)
+        self._unlogged = UnloggedTexts(db, broker=broker, clock=clock)
 
     def tick(self, limit: int = 100) -> int:
-        """Publish up to `limit` due runs and release deferred texts; return runs published."""
+        """Publish up to `limit` due runs, release deferred texts and request lost iMIS logs; return runs published."""
         self._create_recurring_runs()
         published = 0
         while published < limit:
@@ -47,6 +49,7 @@ class Scheduler:
             if self._publish(run):
                 published += 1
         self._release_deferred()
+        self._unlogged.sweep_if_due()
         return published
 
     def _create_recurring_runs(self) -> None:
