@@ -172,12 +172,13 @@ class Template:
     are literal braces. Column names compare case-insensitively, as iMIS aliases do.
     """
 
-    __slots__ = ("body", "fields", "_parts")
+    __slots__ = ("body", "fields", "_parts", "_without_fallback")
 
     def __init__(self, body: str, parts: tuple[str | _Field, ...]) -> None:
         self.body = body
         self._parts = parts
         self.fields = _unique_field_names(parts)
+        self._without_fallback = _unique_fields_without_fallback(parts)
 
     @classmethod
     def parse(cls, body: str) -> Template:
@@ -215,6 +216,21 @@ class Template:
             pieces.append(_value_text(value) or part.fallback)
         return "".join(pieces)
 
+    def blank_fields(self, row: Mapping[str, object]) -> list[str]:
+        """Return the merge fields without a fallback that render as nothing for this row.
+
+        Such a field's column is missing from the row, None or blank, so the text
+        loses a word: "Hi {FirstName}!" becomes "Hi !".
+        """
+        blank = []
+        for part in self._without_fallback:
+            value = row.get(part.name, _ABSENT)
+            if value is _ABSENT:
+                value = next((item for key, item in row.items() if str(key).casefold() == part.key), None)
+            if not _value_text(value):
+                blank.append(part.name)
+        return blank
+
     def __repr__(self) -> str:
         return f"Template({self.body!r})"
 
@@ -234,6 +250,14 @@ def _unique_field_names(parts: Iterable[str | _Field]) -> tuple[str, ...]:
         if isinstance(part, _Field):
             names.setdefault(part.key, part.name)
     return tuple(names.values())
+
+
+def _unique_fields_without_fallback(parts: Iterable[str | _Field]) -> tuple[_Field, ...]:
+    fields: dict[str, _Field] = {}
+    for part in parts:
+        if isinstance(part, _Field) and not part.fallback:
+            fields.setdefault(part.key, part)
+    return tuple(fields.values())
 
 
 def _parse_parts(body: str) -> list[str | _Field]:

@@ -43,6 +43,8 @@ class PreviewTally:
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     encodings: dict[str, int] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
+    # Texts in which a merge field without a fallback renders as nothing, per field.
+    blank_fields: dict[str, int] = field(default_factory=dict)
     # UCS-2 texts that Smart Encoding would turn into GSM-7 ones, counted only while it is off.
     smart_encoding_would_help: int = 0
 
@@ -54,6 +56,8 @@ class PreviewTally:
             self.skipped_by_reason[reason] = self.skipped_by_reason.get(reason, 0) + count
         for encoding, count in result.encodings.items():
             self.encodings[encoding] = self.encodings.get(encoding, 0) + count
+        for name, count in result.blank_fields.items():
+            self.blank_fields[name] = self.blank_fields.get(name, 0) + count
         for job in result.jobs:
             self._look_at(dict(zip(STAGED_JOB_FIELDS, job)))
 
@@ -158,9 +162,25 @@ def _warnings(tenant: Tenant, tally: PreviewTally, remaining: int) -> list[dict]
         warnings.append({"code": "no_recipients", "message": (
             "No member of this query can get a text: check the skipped rows, and that the campaign's phone "
             "column holds mobile numbers.")})
+    warnings += _blank_field_warnings(tally)
     if tally.smart_encoding_would_help:
         warnings.append({"code": "smart_encoding", "message": (
             f"{tally.smart_encoding_would_help:,} texts are sent as UCS-2, at 70 characters a segment instead of "
             "160, only because of look-alike characters such as curly quotes: turn on Smart Encoding to send "
             "them as GSM-7.")})
+    return warnings
+
+
+def _blank_field_warnings(tally: PreviewTally) -> list[dict]:
+    """Return one warning per merge field that some texts would leave blank.
+
+    Such texts are still sent, because staff chose the body: the warning shows how to
+    fill the gap before sending.
+    """
+    warnings = []
+    for name, count in tally.blank_fields.items():
+        warnings.append({"code": "blank_merge_field", "message": (
+            f"{{{name}}} is empty for {count:,} of the {tally.recipients:,} members who would get a text, so "
+            "their text leaves it out. These texts are still sent. To put a word in its place, add a fallback "
+            f"after a bar, as in {{{name}|text to use instead}}, or fill in the value in iMIS.")})
     return warnings

@@ -72,6 +72,8 @@ class RunOut(Schema):
     due_at = fields.DateTime()
     counts = fields.Nested(CountsOut)
     skipped_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer())
+    # Texts sent with a merge field that had no value and no fallback, per field.
+    blank_fields = fields.Dict(keys=fields.String(), values=fields.Integer())
     segments = fields.Integer()
     error = fields.String(allow_none=True)
 

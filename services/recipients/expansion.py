@@ -11,6 +11,7 @@ from libs.common.phones import PhoneCheck, check_number
 from libs.common.texts import Template, TemplateError, render_and_measure
 from services.recipients.errors import CampaignSetupError
 
+NO_MEMBER_ID = "no member ID"
 DUPLICATE_NUMBER = "duplicate number"
 OPTED_OUT = "opted out"
 EMPTY_TEXT = "the text is empty for this member"
@@ -30,12 +31,17 @@ OptOutLookup = Callable[[list[str]], set[str]]
 
 @dataclass
 class PageResult:
-    """The output of one IQA page: staged jobs, and rows skipped with their reason."""
+    """The output of one IQA page: staged jobs, and rows skipped with their reason.
+
+    `blank_fields` counts, per merge field without a fallback, the staged texts in
+    which that field rendered as nothing because the member's value is empty.
+    """
 
     jobs: list[list] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     segments: int = 0
     encodings: dict[str, int] = field(default_factory=dict)
+    blank_fields: dict[str, int] = field(default_factory=dict)
 
     def skipped_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -45,7 +51,10 @@ class PageResult:
 
 
 class RowProcessor:
-    """Turn IQA rows into staged jobs: check the number, de-duplicate, render, measure.
+    """Turn IQA rows into staged jobs: check the member ID and number, de-duplicate, render, measure.
+
+    A row without a member ID is skipped, because its text could be neither logged in
+    iMIS nor tied to the member's opt-out.
 
     One processor follows one run from its first page to its last. `seen` maps each
     number already given a text to its member id, so a number gets one text however
@@ -83,7 +92,10 @@ class RowProcessor:
 
     def _process_row(self, row: Mapping[str, object], check: PhoneCheck, opted_out: set[str],
                      result: PageResult) -> None:
-        member_id = _text(_cell(row, self.id_column))
+        member_id = _text(_cell(row, self.id_column)).strip()
+        if not member_id:
+            self._skip(result, member_id, check, NO_MEMBER_ID)
+            return
         if not check.sendable:
             self._skip(result, member_id, check, check.reason)
             return
@@ -105,6 +117,8 @@ class RowProcessor:
         result.jobs.append([member_id, number, body, measured.segments, measured.encoding])
         result.segments += measured.segments
         result.encodings[measured.encoding] = result.encodings.get(measured.encoding, 0) + 1
+        for name in self.template.blank_fields(row):
+            result.blank_fields[name] = result.blank_fields.get(name, 0) + 1
 
     def _skip(self, result: PageResult, member_id: str, check: PhoneCheck, reason: str) -> None:
         key = (member_id, check.raw, reason)

@@ -125,6 +125,8 @@ class ExpansionStore:
             increments[f"skipped_by_reason.{_field_name(reason)}"] = count
         for encoding, count in result.encodings.items():
             increments[f"encodings.{encoding}"] = count
+        for name, count in result.blank_fields.items():
+            increments[f"blank_fields.{_field_name(name)}"] = count
         checkpoint = {"stage_page_no": page_no + 1, "stage_offset": next_offset}
         if over_limit:
             checkpoint["over_limit"] = True
@@ -243,6 +245,6 @@ def _numbers_of(page: dict) -> list[list]:
     return json.loads(page["numbers_json"]) if page.get("numbers_json") else []
 
 
-def _field_name(reason: str) -> str:
-    """Return a skip reason as a MongoDB field name, which may not contain dots or start with $."""
-    return reason.replace(".", "").lstrip("$")
+def _field_name(key: str) -> str:
+    """Return a skip reason or merge field name as a MongoDB field name: no dots, no leading $, not empty."""
+    return key.replace(".", "").lstrip("$") or "_"

@@ -134,6 +134,23 @@ def test_iqa_null_column_gets_fallback(world, sim):
                                                                           ("20001", "Hi First1")]
 
 
+@pytest.mark.parametrize("endpoint", ["/api/query", "/api/iqa"])
+def test_null_member_ids_and_names(world, sim, endpoint):
+    # /api/query writes a null as JSON null; /api/iqa leaves the property's Value out.
+    rows = [member(0, ID=None), member(1, ID=""), member(2, ID="   "), member(3, FirstName=None), member(4),
+            member(5, ID=None, FirstName=None, Mobile=None)]
+    sim.add_query(QUERY, COLUMNS, rows)
+    sim.query_endpoint_missing = endpoint == "/api/iqa"
+    run = world.expand(world.create_run(body="Hi {FirstName}! Renew today"))
+
+    assert [(job["member_id"], job["body"]) for job in world.jobs()] == [("20003", "Hi ! Renew today"),
+                                                                          ("20004", "Hi First4! Renew today")]
+    assert run["counts"]["recipients"] == 2
+    assert run["skipped_by_reason"] == {"no member ID": 4}
+    assert run["blank_fields"] == {"FirstName": 1}
+    assert len(world.query_requests(endpoint)) == 1
+
+
 def test_iqa_rows_typed_values(world, sim):
     sim.add_query(QUERY, COLUMNS, [member(0, ID=20000, Mobile=2025551000)])
     sim.query_endpoint_missing = True

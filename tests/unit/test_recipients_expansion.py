@@ -9,7 +9,7 @@ from libs.common.message_ids import MessageIds
 from libs.common.texts import GSM7, UCS2, Template
 from services.recipients.errors import CampaignSetupError
 from services.recipients.expansion import (
-    DUPLICATE_NUMBER, EMPTY_TEXT, OPTED_OUT, TOO_LONG, RowProcessor, build_job, build_processor, check_columns,
+    DUPLICATE_NUMBER, EMPTY_TEXT, NO_MEMBER_ID, OPTED_OUT, TOO_LONG, RowProcessor, build_job, build_processor, check_columns,
     process_pages, segment_limit_message,
 )
 from tests.conftest import CASES_DIR
@@ -189,6 +189,58 @@ def test_columns_match_any_case():
     rows = [{"id": "1", "firstname": "Ana", "MOBILE": "(202) 555-0143"}]
     result = processor().process(rows, no_opt_outs)
     assert result.jobs == [["1", "+12025550143", "Hello Ana", 1, GSM7]]
+
+
+@pytest.mark.parametrize("member_id", [None, "", "   ", "\t"])
+def test_row_without_member_id_skipped(member_id):
+    result = processor().process([row(member_id, "(202) 555-0143")], no_opt_outs)
+    assert result.jobs == []
+    assert result.skipped == [{"member_id": "", "raw": "(202) 555-0143", "e164": "+12025550143",
+                               "reason": NO_MEMBER_ID}]
+
+
+def test_row_without_id_column_skipped():
+    result = processor().process([{"FirstName": "Ana", "Mobile": "(202) 555-0143"}], no_opt_outs)
+    assert result.jobs == []
+    assert result.skipped_by_reason() == {NO_MEMBER_ID: 1}
+
+
+def test_no_member_id_reported_before_number():
+    result = processor().process([row(None, None)], no_opt_outs)
+    assert result.skipped_by_reason() == {NO_MEMBER_ID: 1}
+
+
+def test_number_of_row_without_id_stays_free():
+    result = processor().process([row("", "(202) 555-0143"), row("2", "202.555.0143")], no_opt_outs)
+    assert [job[:2] for job in result.jobs] == [["2", "+12025550143"]]
+    assert [skip["reason"] for skip in result.skipped] == [NO_MEMBER_ID]
+
+
+def test_member_id_whitespace_trimmed():
+    result = processor().process([row(" 10001 ", "(202) 555-0143")], no_opt_outs)
+    assert result.jobs[0][0] == "10001"
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_blank_field_counted_and_sent(value):
+    result = processor(body="Hi {FirstName}! Renew by {Due}").process(
+        [row("1", "(202) 555-0143", first_name=value, Due="May 1"), row("2", "(202) 555-0144", Due="May 1")],
+        no_opt_outs)
+    assert [job[2] for job in result.jobs] == ["Hi ! Renew by May 1", "Hi Ana! Renew by May 1"]
+    assert result.blank_fields == {"FirstName": 1}
+
+
+def test_blank_field_with_fallback_not_counted():
+    result = processor(body="Hi {FirstName|friend}").process([row("1", "(202) 555-0143", first_name=None)],
+                                                            no_opt_outs)
+    assert result.blank_fields == {}
+
+
+def test_blank_field_of_skipped_row_not_counted():
+    rows = [row("1", "12345", first_name=None), row(None, "(202) 555-0143", first_name=None)]
+    result = processor(body="Hi {FirstName}").process(rows, no_opt_outs)
+    assert result.jobs == []
+    assert result.blank_fields == {}
 
 
 def test_integer_member_id_and_number():

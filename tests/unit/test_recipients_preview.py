@@ -143,6 +143,45 @@ def test_no_smart_warning_for_real_unicode(runtime, preview):
     assert result["warnings"] == []
 
 
+def test_row_without_member_id_skipped(runtime, preview, imis):
+    imis.rows[2]["ID"] = None
+    imis.rows[7]["ID"] = " "
+    result = preview.build("ACME", add_campaign(runtime.db))
+    assert result["recipients"] == 10
+    assert result["skipped_by_reason"] == {"no member ID": 2}
+    assert [sample["member_id"] for sample in result["samples"]] == ["10000", "10001", "10003", "10004", "10005"]
+
+
+def test_blank_merge_field_warning(runtime, preview, imis):
+    # Rows 3 and 11 fall on different pages (5 rows a page), so the counts add up across pages.
+    imis.rows[3]["FirstName"] = None
+    imis.rows[11]["FirstName"] = ""
+    result = preview.build("ACME", add_campaign(runtime.db, body="Hi {FirstName}! See you there"))
+    assert result["recipients"] == 12
+    assert codes(result) == ["blank_merge_field"]
+    assert result["warnings"][0]["message"] == (
+        "{FirstName} is empty for 2 of the 12 members who would get a text, so their text leaves it out. These "
+        "texts are still sent. To put a word in its place, add a fallback after a bar, as in "
+        "{FirstName|text to use instead}, or fill in the value in iMIS.")
+
+
+def test_warning_per_blank_merge_field(runtime, preview, imis):
+    imis.rows[0].update(FirstName=None, Chapter="North")
+    imis.rows[1].update(FirstName="Bo", Chapter=None)
+    result = preview.build("ACME", add_campaign(runtime.db, body="Hi {FirstName} of {Chapter}"))
+    messages = [warning["message"] for warning in result["warnings"]]
+    assert codes(result) == ["blank_merge_field", "blank_merge_field"]
+    assert messages[0].startswith("{FirstName} is empty for 1 of the 12 members")
+    assert messages[1].startswith("{Chapter} is empty for 11 of the 12 members")
+
+
+def test_no_blank_warning_with_fallback(runtime, preview, imis):
+    imis.rows[3]["FirstName"] = None
+    result = preview.build("ACME", add_campaign(runtime.db, body="Hi {FirstName|friend}"))
+    assert result["warnings"] == []
+    assert result["samples"][3]["body"] == "Hi friend"
+
+
 def test_missing_merge_field(runtime, preview):
     with pytest.raises(CampaignNotSendable, match=r"The text uses \{Nickname\}"):
         preview.build("ACME", add_campaign(runtime.db, body="Hi {Nickname}"))

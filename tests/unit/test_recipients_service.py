@@ -336,6 +336,40 @@ def test_fallback_for_empty_field(world):
     assert [job["body"] for job in world.jobs()] == ["Hello member", "Hello member"]
 
 
+def test_rows_without_member_id_not_texted(world):
+    world.imis.rows = [member(i) for i in range(12)]
+    world.imis.rows[4]["ID"] = None
+    world.imis.rows[11]["ID"] = ""
+    run_id = world.create_run()
+    world.expander().expand("ACME", run_id)
+
+    run = world.run(run_id)
+    assert [job["member_id"] for job in world.jobs()] == [str(10_000 + i) for i in range(12) if i not in (4, 11)]
+    assert run["counts"]["recipients"] == 10
+    assert run["counts"]["skipped"] == 2
+    assert run["skipped_by_reason"] == {"no member ID": 2}
+
+
+def test_blank_merge_fields_counted_on_run(world):
+    world.imis.rows = [member(i) for i in range(12)]
+    world.imis.rows[2]["FirstName"] = None
+    world.imis.rows[10]["FirstName"] = " "
+    run_id = world.create_run(body="Hello {FirstName}!")
+    world.expander().expand("ACME", run_id)
+
+    bodies = [job["body"] for job in world.jobs()]
+    assert bodies.count("Hello !") == 2
+    assert len(bodies) == 12
+    assert world.run(run_id)["blank_fields"] == {"FirstName": 2}
+
+
+def test_no_blank_merge_fields_on_run(world):
+    world.imis.rows = [member(0, FirstName=None)]
+    run_id = world.create_run(body="Hello {FirstName|member}")
+    world.expander().expand("ACME", run_id)
+    assert "blank_fields" not in world.run(run_id)
+
+
 def test_segments_per_text(world):
     world.imis.rows = [member(0, Note="x" * 200), member(1, Note="")]
     run_id = world.create_run(body="{Note|short}")

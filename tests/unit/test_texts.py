@@ -338,3 +338,29 @@ def test_render_and_measure_value_changes_encoding():
     _, result = render_and_measure(template, {"FirstName": "Łukasz"})
 
     assert result.encoding == "UCS-2"
+
+
+@pytest.mark.parametrize("row, expected", [
+    ({"FirstName": "Ana", "Due": "May 1"}, []),
+    ({"FirstName": None, "Due": "May 1"}, ["FirstName"]),
+    ({"FirstName": "  ", "Due": ""}, ["FirstName", "Due"]),
+    ({"Due": "May 1"}, ["FirstName"]),
+    ({"firstname": "", "DUE": "May 1"}, ["FirstName"]),
+    ({"firstname": "Ana", "DUE": None}, ["Due"]),
+])
+def test_template_blank_fields(row, expected):
+    assert Template.parse("Hi {FirstName}, renew by {Due}").blank_fields(row) == expected
+
+
+def test_template_blank_fields_skips_fallbacks():
+    template = Template.parse("Hi {FirstName|friend}, renew by {Due|June}")
+    assert template.blank_fields({"FirstName": None, "Due": None}) == []
+
+
+def test_template_blank_field_named_once():
+    template = Template.parse("{FirstName}, yes {firstname}, and {FirstName|you}")
+    assert template.blank_fields({"FirstName": None}) == ["FirstName"]
+
+
+def test_template_blank_field_empty_fallback():
+    assert Template.parse("Hi {FirstName|}!").blank_fields({"FirstName": ""}) == ["FirstName"]

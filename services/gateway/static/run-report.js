@@ -6,6 +6,7 @@ import { el, fill, formatNumber } from "./dom.js";
 const PAGE_SIZE = 100;
 
 const REASON_HELP = {
+  "no member ID": "The IQA row has no member ID, so its text could not be logged in iMIS or matched to an opt-out.",
   "no number": "The IQA row has no mobile number.",
   "invalid number": "The number cannot take a text in the default country or as written.",
   "duplicate number": "Another member in this list has the same number; one text goes to that number.",
