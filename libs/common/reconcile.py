@@ -35,18 +35,29 @@ def unknown_outcome_since(message: dict | None) -> datetime | None:
     return message.get("first_call_at") or message["call_started_at"]
 
 
-def find_created_message(twilio, tenant: Tenant, job: dict, since: datetime) -> ListedMessage | None:
+def find_created_message(twilio, tenant: Tenant, job: dict, since: datetime, *, db: Database) -> ListedMessage | None:
     """Return the message Twilio created for the job's text at or after `since`, or None.
 
-    A listed message matches when it has the job's body and comes from the tenant's
-    sender number (or from a messaging service, which lists no number). Raises
-    TwilioError or TwilioUnavailable when the list cannot be read.
+    A listed message matches when it has the job's body, comes from the tenant's sender
+    number (or from a messaging service, which lists no number), and its SID is not
+    recorded on any message in the store: a text of another run to the same member, or
+    an earlier attempt of this one, is not this attempt. Raises TwilioError or
+    TwilioUnavailable when the list cannot be read.
     """
     sent_after = since.replace(tzinfo=timezone.utc) - RECONCILE_MARGIN
     for message in twilio.list_messages(to=job["to"], sent_after=sent_after):
-        if message.body == job["body"] and message.from_ in (tenant.sender_number, None, ""):
-            return message
+        if message.body != job["body"] or message.from_ not in (tenant.sender_number, None, ""):
+            continue
+        if _sid_recorded(db, job["tenant_id"], message.sid):
+            logger.info("Twilio's %s is already recorded on a text, so it is not this attempt", message.sid)
+            continue
+        return message
     return None
+
+
+def _sid_recorded(db: Database, tenant_id: str, sid: str) -> bool:
+    return db.messages.find_one({"tenant_id": tenant_id, "$or": [{"sid": sid}, {"previous_sids": sid}]},
+                                {"_id": 1}) is not None
 
 
 def record_sent(db: Database, progress: RunProgress, job: dict, claim_token: str, sid: str, *,

@@ -74,7 +74,7 @@ class DeadJobs:
         since = unknown_outcome_since(message)
         if since is not None:
             try:
-                created = find_created_message(self._twilio(tenant), tenant, job, since)
+                created = find_created_message(self._twilio(tenant), tenant, job, since, db=self._db)
             except (TwilioError, TwilioUnavailable) as error:
                 if not letter.last_try:
                     raise TryLater(f"Twilio's message list could not be read: {error}") from None

@@ -223,7 +223,8 @@ class Sender:
     def _reconcile(self, job: dict, claim: Claim, tenant: Tenant, attempt: int) -> bool:
         """Record a text that Twilio already created in an attempt with an unknown outcome; return True if found."""
         try:
-            created = find_created_message(self._twilio(tenant), tenant, job, claim.unknown_outcome_since)
+            created = find_created_message(self._twilio(tenant), tenant, job, claim.unknown_outcome_since,
+                                           db=self._db)
         except (TwilioError, TwilioUnavailable) as error:
             self._retry_unknown(job, claim, attempt, f"cannot check Twilio for an earlier attempt: {error}")
             return True
