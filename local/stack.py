@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import threading
 import time
 
@@ -37,20 +38,38 @@ DEMO_SENDER = "+18885550100"
 
 
 class _Server:
-    """A WSGI app on its own thread, bound to 127.0.0.1."""
+    """A WSGI server on 127.0.0.1, bound when created and serving its app on its own thread once started.
 
-    def __init__(self, app, port: int):
-        self._server = make_server("127.0.0.1", port, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"http-{self._server.server_port}",
-                                        daemon=True)
+    Binding first gives the URL before the app that needs it is built. Raises OSError
+    when the port is in use.
+    """
 
-    def start(self) -> "_Server":
+    def __init__(self, port: int):
+        # The stack binds the socket itself because werkzeug, binding a port in use,
+        # prints its own message and calls sys.exit (werkzeug 3.1, BaseWSGIServer).
+        listener = socket.create_server(("127.0.0.1", port))
+        bound_port = listener.getsockname()[1]
+        try:
+            self._server = make_server("127.0.0.1", bound_port, self._serve, threaded=True, fd=listener.fileno())
+        finally:
+            listener.close()
+        self._app = None
+        self.url = f"http://127.0.0.1:{bound_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"http-{bound_port}", daemon=True)
+
+    def start(self, app) -> "_Server":
+        self._app = app
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop serving, if started, and close the socket."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+    def _serve(self, environ, start_response):
+        return self._app(environ, start_response)
 
 
 class Stack:
@@ -76,15 +95,24 @@ class Stack:
         self._threads: list = []
 
     def start(self) -> "Stack":
+        """Start every part and return the stack once both web services respond to /healthz.
+
+        Raises OSError, before anything else starts, when the gateway's port is in use,
+        and RuntimeError when a web service does not become healthy.
+        """
+        # The gateway's port is taken first, so a port in use fails before any thread
+        # starts. The feedback server is bound before its app is built, because its URL
+        # goes into the settings that build it.
+        gateway = _Server(self.port)
+        feedback = _Server(0)
+        self._servers = [gateway, feedback]
+        self.gateway_url, self.feedback_url = gateway.url, feedback.url
+
         imis_url = self.imis.start()
         twilio_url = self.twilio.start()
         demo_data.seed_imis(self.imis)
 
         broker = create_broker(self.broker_url, queue_prefix=self.queue_prefix)
-        # The feedback server is bound first because its URL goes into the settings
-        # that build the app it serves.
-        feedback_app = {}
-        feedback = _Server(lambda environ, start_response: feedback_app["app"](environ, start_response), 0)
         settings = dataclasses.replace(
             self.base_settings, broker_url=self.broker_url, twilio_base_url=twilio_url,
             public_callback_url=feedback.url, scheduler_poll_s=self.scheduler_poll_s,
@@ -93,11 +121,8 @@ class Stack:
         self.runtime = build_runtime(settings, broker=broker, clock=self.clock)
         self._seed_tenant(imis_url)
 
-        feedback_app["app"] = create_feedback_app(self.runtime)
-        feedback.start()
-        gateway = _Server(create_gateway_app(self.runtime), self.port).start()
-        self._servers = [gateway, feedback]
-        self.gateway_url, self.feedback_url = gateway.url, feedback.url
+        feedback.start(create_feedback_app(self.runtime))
+        gateway.start(create_gateway_app(self.runtime))
         self.twilio.set_inbound_url(DEMO_SENDER, f"{feedback.url}/twilio/inbound/{DEMO_CLOUD_ID}")
 
         scheduler = threading.Thread(target=run_scheduler, args=(self.runtime, self.stop_event), name="scheduler",

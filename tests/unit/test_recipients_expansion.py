@@ -66,6 +66,15 @@ def test_phone_shared_case(case):
                                    "reason": case["reason"]}]
 
 
+def test_uk_fixed_line_skipped():
+    # The README names this number: a leading + overrides the default country, but a
+    # fixed line cannot take a text, so the row is skipped rather than sent.
+    result = processor(country="US").process([row("1", "+44 20 7234 3456")], no_opt_outs)
+    assert result.jobs == []
+    assert result.skipped == [{"member_id": "1", "raw": "+44 20 7234 3456", "e164": "+442072343456",
+                               "reason": "not a mobile number (fixed line)"}]
+
+
 @pytest.mark.parametrize("case", SEGMENT_CASES, ids=lambda case: case.get("note", "")[:30] or str(case["segments"]))
 def test_segments_shared_case(case):
     text = build_text(case["text"])
