@@ -74,6 +74,17 @@ def notify_run_failed(notifier: Notifier, *, run: dict, campaign: dict, admin_em
     return notifier.notify(
         tenant_id=run["tenant_id"], recipients=[admin_email, campaign.get("email", "")],
         subject=f"Text Manager could not send the campaign {campaign.get('name', run['campaign_id'])!r}",
-        text=f"{reason}\n\nNo more texts of this run will be sent. Fix the cause, then send the campaign again.",
+        text=f"{reason}\n\nNo more texts of this run will be sent. {_how_to_send_again(run)}",
         dedupe_key=f"run-failed:{run['_id']}",
     )
+
+
+def _how_to_send_again(run: dict) -> str:
+    """Return what staff do after a failed run, as the campaign's page in the web UI offers it."""
+    steps = ("Fix the cause, then open the campaign in Text Manager and use Send now or Schedule under "
+             "Send again.")
+    sent = run.get("counts", {}).get("sent", 0)
+    if not sent:
+        return steps
+    return (f"{steps} This run had already sent {sent:,} texts, and sending again texts everyone in the "
+            "campaign's query, those members included, so Text Manager asks you to confirm first.")

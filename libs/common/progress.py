@@ -20,7 +20,12 @@ from libs.common.broker import PublishError, tenant_jobs_queue
 logger = logging.getLogger(__name__)
 
 # The counters staff see on every run; runs also count `done`, the messages with a final status.
-RUN_COUNTERS = ("recipients", "sent", "delivered", "failed", "opted_out", "skipped")
+# `recipients` are the texts to send, and each ends under one final counter: `delivered`,
+# `failed`, `undeliverable` (Twilio accepted it, then reported error 30005 or 30006),
+# `opted_out`, `cancelled` (its run stopped before it went out) or `skipped` (Twilio refused
+# its create call with a skip code). `sent` counts the texts Twilio accepted. `skipped` also
+# counts the IQA rows set aside before sending, which are not recipients.
+RUN_COUNTERS = ("recipients", "sent", "delivered", "failed", "undeliverable", "opted_out", "cancelled", "skipped")
 FINAL_STATUSES = ("delivered", "undelivered", "failed", "opted_out", "skipped", "cancelled")
 PARKED_STATUSES = ("retrying", "paused", "deferred")
 RUN_PAUSABLE_STATUSES = ("expanding", "sending")
@@ -42,8 +47,11 @@ FINAL_COUNTER = {
     "canceled": "failed",
     "opted_out": "opted_out",
     "skipped": "skipped",
-    "cancelled": "skipped",
+    "cancelled": "cancelled",
 }
+# The counter of a text that Twilio accepted and then reported undeliverable with a code of
+# CALLBACK_SKIPS; its status is `skipped`, like a text Twilio refused, but it went out.
+UNDELIVERABLE_COUNTER = "undeliverable"
 
 
 class RunProgress:
@@ -65,9 +73,9 @@ class RunProgress:
             self.complete_if_done(run)
         return run
 
-    def count_final(self, run_id: str, final_status: str) -> None:
-        """Count a message that reached a final status."""
-        self.count(run_id, done=1, **{FINAL_COUNTER[final_status]: 1})
+    def count_final(self, run_id: str, final_status: str, *, counter: str | None = None) -> None:
+        """Count a message that reached a final status, under FINAL_COUNTER's counter unless `counter` names one."""
+        self.count(run_id, done=1, **{counter or FINAL_COUNTER[final_status]: 1})
 
     def pause(self, run_id: str, reason: str, *, notifier) -> bool:
         """Pause a sending run on a fault staff must fix, and e-mail the tenant one notice.
@@ -107,7 +115,11 @@ class RunProgress:
         )
 
     def complete_if_done(self, run: dict) -> bool:
-        """Mark the run completed when expansion ended and every message is final."""
+        """Mark the run completed when expansion ended and every message is final.
+
+        The campaign becomes `completed`, or `scheduled` while its recurring schedule
+        has occurrences to come.
+        """
         counts = run.get("counts", {})
         if not run.get("expanded") or counts.get("done", 0) < counts.get("recipients", 0):
             return False
@@ -118,10 +130,13 @@ class RunProgress:
         if completed is None:
             return False
         logger.info("run %s completed: %s", run["_id"], counts)
-        self._campaigns.update_one(
-            {"_id": run["campaign_id"], "tenant_id": run["tenant_id"], "current_run_id": run["_id"], "status": "sending"},
-            {"$set": {"status": "completed", "updated_at": self._clock.now()}},
-        )
+        current = {"_id": run["campaign_id"], "tenant_id": run["tenant_id"], "current_run_id": run["_id"],
+                   "status": {"$in": ["sending", "paused"]}}
+        now = self._clock.now()
+        if self._campaigns.find_one_and_update({**current, "schedule_active": True},
+                                               {"$set": {"status": "scheduled", "updated_at": now}}) is None:
+            self._campaigns.update_one({**current, "schedule_active": {"$ne": True}},
+                                       {"$set": {"status": "completed", "updated_at": now}})
         return True
 
 
@@ -314,7 +329,7 @@ class CallbackOutcomes:
         if not self._move(message, sid, {"$set": {"status": "skipped", "reason": reason, "error_code": code,
                                                   "status_at": at}}, keep_sid=True):
             return None
-        self._progress.count_final(message["run_id"], "skipped")
+        self._progress.count_final(message["run_id"], "skipped", counter=UNDELIVERABLE_COUNTER)
         return "skipped"
 
     def _pause(self, message: dict, sid: str | None, code: int, at: datetime) -> str | None:

@@ -138,7 +138,8 @@ def read_run(run_id: str):
     limit = min(request.args.get("limit", 100, type=int), 1000)
     report = _ctx().campaigns.run_report(g.tenant_id, run_id, offset=max(offset, 0), limit=max(limit, 1))
     return {"run": schemas.RunOut().dump(report["run"]), "skipped": report["skipped"],
-            "skipped_total": report["skipped_total"]}
+            "skipped_total": report["skipped_total"], "refused_by_reason": report["refused_by_reason"],
+            "undeliverable_by_reason": report["undeliverable_by_reason"]}
 
 
 @api.get("/runs/<run_id>/messages")

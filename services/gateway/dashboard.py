@@ -33,7 +33,8 @@ STAGE_OF_STATUS = {
     "failed": "failed",
 }
 STAGES = ("draft", "scheduled", "in_process", "completed", "cancelled", "failed", "archived")
-LIFETIME_OUTCOMES = ("delivered", "failed", "opted_out")
+# Run counters summed over every run, so the lifetime figures add up the campaigns' cards.
+LIFETIME_COUNTERS = ("sent", "delivered", "failed", "undeliverable", "opted_out", "cancelled")
 
 
 class Dashboard:
@@ -46,10 +47,11 @@ class Dashboard:
     def summary(self, tenant: Tenant) -> dict:
         """Return texts sent, the daily limit, lifetime totals, campaigns by stage and recent problems.
 
-        Texts sent are the sender's daily usage counters, which count every text Twilio
-        accepted, new attempts included, on the tenant's calendar days. The daily limit
-        is enforced on the same counters. Delivered, failed and opted-out texts are the
-        run counters, which count each message once.
+        Texts sent today and this month are the sender's daily usage counters. They
+        count every text Twilio accepted, new attempts included, on the tenant's
+        calendar days, and the daily limit is enforced on them. The lifetime figures are
+        the run counters, which count each member's text once, so they are the sums of
+        the campaigns' cards.
         """
         local_date = self._clock.now().astimezone(ZoneInfo(tenant.timezone)).date()
         sent_today = self._texts_sent(tenant.cloud_id, local_date, local_date)
@@ -63,7 +65,7 @@ class Dashboard:
             },
             "daily_limit": {"limit": tenant.daily_limit, "used": sent_today,
                             "remaining": max(tenant.daily_limit - sent_today, 0)},
-            "lifetime": {"sent": self._texts_sent(tenant.cloud_id), **self._outcomes(tenant.cloud_id)},
+            "lifetime": self._lifetime(tenant.cloud_id),
             "campaigns": self._campaign_stages(tenant.cloud_id),
             # The product's dashboard leaves its fifth figure undefined ("TBD"); this
             # product fills it with the latest notices sent to the administrator.
@@ -76,17 +78,15 @@ class Dashboard:
         found = self._db.notifications.find(query).sort([("created_at", -1), ("_id", -1)]).skip(offset).limit(limit)
         return {"notices": list(found), "total": self._db.notifications.count_documents(query)}
 
-    def _texts_sent(self, tenant_id: str, first: date | None = None, last: date | None = None) -> int:
-        """Sum the sender's usage counters of the days from `first` to `last`, or of every day."""
-        query: dict = {"tenant_id": tenant_id}
-        if first is not None and last is not None:
-            query["day"] = {"$gte": first.isoformat(), "$lte": last.isoformat()}
+    def _texts_sent(self, tenant_id: str, first: date, last: date) -> int:
+        """Sum the sender's usage counters of the days from `first` to `last`."""
+        query = {"tenant_id": tenant_id, "day": {"$gte": first.isoformat(), "$lte": last.isoformat()}}
         return sum(day.get("count", 0) for day in self._db.usage.find(query, {"count": 1}))
 
-    def _outcomes(self, tenant_id: str) -> dict:
-        totals = dict.fromkeys(LIFETIME_OUTCOMES, 0)
+    def _lifetime(self, tenant_id: str) -> dict:
+        totals = dict.fromkeys(LIFETIME_COUNTERS, 0)
         for run in self._db.runs.find({"tenant_id": tenant_id}, {"counts": 1}):
-            for name in LIFETIME_OUTCOMES:
+            for name in LIFETIME_COUNTERS:
                 totals[name] += run.get("counts", {}).get(name, 0)
         return totals
 

@@ -39,10 +39,14 @@ class DailyLimitOut(Schema):
 
 
 class LifetimeOut(Schema):
-    sent = fields.Integer()
+    """Every run's counters added up: the sums of the campaigns' cards."""
+
+    sent = fields.Integer(metadata={"description": "texts Twilio accepted, each member's text counted once"})
     delivered = fields.Integer()
     failed = fields.Integer()
+    undeliverable = fields.Integer(metadata={"description": "accepted, then reported undeliverable (30005, 30006)"})
     opted_out = fields.Integer()
+    cancelled = fields.Integer()
 
 
 class CampaignStagesOut(Schema):

@@ -63,7 +63,11 @@ class CountsOut(Schema):
     delivered = fields.Integer()
     failed = fields.Integer()
     opted_out = fields.Integer()
-    skipped = fields.Integer()
+    skipped = fields.Integer(metadata={"description": (
+        "not texted: IQA rows set aside before sending, and texts whose create call Twilio refused")})
+    undeliverable = fields.Integer(metadata={"description": (
+        "texts Twilio accepted and then reported undeliverable (errors 30005 and 30006); not failed")})
+    cancelled = fields.Integer(metadata={"description": "texts a cancelled or failed run never sent"})
 
 
 class RunOut(Schema):
@@ -76,6 +80,11 @@ class RunOut(Schema):
     blank_fields = fields.Dict(keys=fields.String(), values=fields.Integer())
     segments = fields.Integer()
     error = fields.String(allow_none=True)
+    recurring = fields.Boolean(dump_default=False, metadata={"description": "an occurrence of a recurring schedule"})
+    deferred = fields.Integer(metadata={"description": (
+        "texts waiting for the daily limit; only on a campaign's current run while it is under way")})
+    deferred_until = fields.DateTime(allow_none=True, metadata={"description": (
+        "when the first of them goes out: the organisation's next midnight, or a past time once the limit grew")})
 
 
 class CampaignOut(Schema):
@@ -92,6 +101,10 @@ class CampaignOut(Schema):
     created_at = fields.DateTime()
     counts = fields.Nested(CountsOut)
     current_run = fields.Nested(RunOut, allow_none=True)
+    schedule = fields.Dict(allow_none=True, dump_default=None, metadata={"description": (
+        "the recurring rule, as PUT /api/campaigns/{id}/schedule stored it; kept after the schedule stops")})
+    schedule_active = fields.Boolean(dump_default=False)
+    next_occurrence = fields.DateTime(allow_none=True, dump_default=None)
 
 
 class SendIn(Schema):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from datetime import datetime
 
 from pymongo import ReturnDocument
@@ -42,21 +43,28 @@ class CampaignService:
         return [self._with_counts(campaign) for campaign in found]
 
     def get(self, tenant_id: str, campaign_id: str) -> dict:
-        return self._with_counts(self._campaign(tenant_id, campaign_id))
+        """Return the campaign with its counts; a current run under way also carries `deferred` and `deferred_until`."""
+        campaign = self._with_counts(self._campaign(tenant_id, campaign_id))
+        run = campaign["current_run"]
+        if run is not None and run["status"] in ACTIVE_RUN_STATUSES:
+            campaign["current_run"] = dict(run, **self._deferred(tenant_id, run["_id"]))
+        return campaign
 
     def send(self, tenant_id: str, campaign_id: str, send_at: datetime | None, *, resend: bool = False) -> dict:
         """Create a run due now or at `send_at`; raise Conflict while another run is active.
 
-        Sending a campaign that already ran texts everyone in its query again, so it needs
-        `resend`. Without it, Conflict is raised with the number of texts already sent.
+        Sending a campaign whose earlier runs texted anyone texts everyone in its query
+        again, so it needs `resend`. Without it, Conflict is raised with the number of
+        texts already sent. A campaign whose runs sent nothing, such as one cancelled
+        before its send time, is sent without `resend`.
         """
         campaign = self._campaign(tenant_id, campaign_id)
         now = self._clock.now()
-        previous = self._db.runs.find_one({"_id": campaign.get("current_run_id"), "tenant_id": tenant_id})
-        if previous is not None and not resend and campaign.get("status") not in ("sending", "paused", "scheduled"):
-            raise Conflict(f"this campaign was already sent ({previous.get('counts', {}).get('sent', 0)} texts): "
-                           'to text everyone in its query again, send with {"resend": true}',
-                           {"previous_run_id": previous["_id"]})
+        if campaign.get("schedule_active"):
+            raise Conflict("this campaign repeats on a schedule: stop the schedule first (Stop repeating), "
+                           "then send it once", {"next_occurrence": _iso(campaign.get("next_occurrence"))})
+        if not resend and campaign.get("status") not in ("sending", "paused", "scheduled"):
+            self._check_nothing_sent(campaign)
         if send_at is not None and send_at <= now:
             raise InvalidInput("send_at is in the past: pick a later time or leave it out to send now",
                                {"send_at": send_at.isoformat()})
@@ -77,9 +85,22 @@ class CampaignService:
         logger.info("run %s due at %s", run_id, (send_at or now).isoformat())
         return self.get(tenant_id, campaign_id)
 
+    def _check_nothing_sent(self, campaign: dict) -> None:
+        """Raise Conflict when an earlier run of the campaign sent a text, or may be sending one now."""
+        runs = list(self._db.runs.find({"tenant_id": campaign["tenant_id"], "campaign_id": campaign["_id"]},
+                                       {"counts.sent": 1}))
+        sent = sum(run.get("counts", {}).get("sent", 0) for run in runs)
+        in_flight = self._db.messages.find_one({"run_id": campaign.get("current_run_id"),
+                                                "tenant_id": campaign["tenant_id"], "status": "sending"}, {"_id": 1})
+        if sent == 0 and in_flight is None:
+            return
+        raise Conflict(f"this campaign already sent {sent:,} texts, and sending it again texts everyone its query "
+                       "returns, those members included: confirm with Send again in Text Manager, or send "
+                       'with {"resend": true}', {"previous_run_id": campaign.get("current_run_id"), "sent": sent})
+
     def pause(self, tenant_id: str, campaign_id: str) -> dict:
         """Stop sending between texts; texts that arrive meanwhile wait as `paused`."""
-        run = self._current_run(tenant_id, campaign_id)
+        run = self._current_run(self._campaign(tenant_id, campaign_id))
         if self._db.runs.find_one_and_update({"_id": run["_id"], "status": {"$in": ["expanding", "sending"]}},
                                              {"$set": {"status": "paused", "paused_reason": "paused by staff"}}) is None:
             raise Conflict(f"the campaign is {run['status']}, so it cannot be paused")
@@ -88,7 +109,7 @@ class CampaignService:
 
     def resume(self, tenant_id: str, campaign_id: str) -> dict:
         """Continue where sending stopped: publish again every text set aside while paused."""
-        run = self._current_run(tenant_id, campaign_id)
+        run = self._current_run(self._campaign(tenant_id, campaign_id))
         status = "sending" if run.get("expanded") else "expanding"
         if self._db.runs.find_one_and_update({"_id": run["_id"], "status": "paused"},
                                              {"$set": {"status": status}, "$unset": {"paused_reason": ""}}) is None:
@@ -98,12 +119,21 @@ class CampaignService:
         return self.get(tenant_id, campaign_id)
 
     def cancel(self, tenant_id: str, campaign_id: str) -> dict:
-        """Stop the run for good; texts not yet sent are marked cancelled."""
-        run = self._current_run(tenant_id, campaign_id)
+        """Stop the run for good; texts not yet sent are marked cancelled.
+
+        A recurring campaign goes back to `scheduled`: its schedule goes on until staff
+        stop it.
+        """
+        campaign = self._campaign(tenant_id, campaign_id)
+        run = self._current_run(campaign)
         if self._db.runs.find_one_and_update({"_id": run["_id"], "status": {"$in": list(ACTIVE_RUN_STATUSES)}},
                                              {"$set": {"status": "cancelled", "cancelled_at": self._clock.now()}}) is None:
-            raise Conflict(f"the campaign is {run['status']}, so there is nothing to cancel")
-        self._set_campaign_status(tenant_id, campaign_id, "cancelled")
+            raise Conflict(_with_schedule_hint(f"the campaign's last run is {run['status']}, so there is nothing "
+                                               "to cancel", campaign))
+        now = self._clock.now()
+        if self._db.campaigns.find_one_and_update({"_id": campaign_id, "tenant_id": tenant_id, "schedule_active": True},
+                                                  {"$set": {"status": "scheduled", "updated_at": now}}) is None:
+            self._set_campaign_status(tenant_id, campaign_id, "cancelled")
         for status in ("paused", "deferred", "retrying"):
             while True:
                 message = self._db.messages.find_one_and_update(
@@ -115,14 +145,25 @@ class CampaignService:
         return self.get(tenant_id, campaign_id)
 
     def run_report(self, tenant_id: str, run_id: str, *, offset: int = 0, limit: int = 100) -> dict:
-        """Return a run with its skipped rows and their reasons, a page at a time."""
+        """Return a run with its skipped rows and their reasons, a page at a time; raise NotFound.
+
+        The IQA rows set aside before sending are listed one by one. Texts that ended
+        `skipped` are counted by reason: `refused_by_reason` for those whose create call
+        Twilio refused, and `undeliverable_by_reason` for those Twilio accepted and then
+        reported undeliverable.
+        """
         run = self._db.runs.find_one({"_id": run_id, "tenant_id": tenant_id})
         if run is None:
             raise NotFound(f"no run {run_id} in this organisation")
         skipped = []
         for page in self._db.run_pages.find({"run_id": run_id, "tenant_id": tenant_id}, {"skipped": 1}).sort("page_no", 1):
             skipped.extend(page.get("skipped", []))
-        return {"run": run, "skipped": skipped[offset:offset + limit], "skipped_total": len(skipped)}
+        refused, undeliverable = Counter(), Counter()
+        for message in self._db.messages.find({"run_id": run_id, "tenant_id": tenant_id, "status": "skipped"},
+                                              {"reason": 1, "sent_at": 1}):
+            (undeliverable if message.get("sent_at") else refused)[message.get("reason") or "no reason recorded"] += 1
+        return {"run": run, "skipped": skipped[offset:offset + limit], "skipped_total": len(skipped),
+                "refused_by_reason": dict(refused), "undeliverable_by_reason": dict(undeliverable)}
 
     def run_messages(self, tenant_id: str, run_id: str, *, offset: int = 0, limit: int = 100) -> dict:
         """Return a page of a run's texts, ordered by number, and how many there are; raise NotFound.
@@ -138,6 +179,21 @@ class CampaignService:
         found = self._db.messages.find(query, dict.fromkeys(MESSAGE_FIELDS, 1)).sort("to", 1).skip(offset).limit(limit)
         return {"messages": [_with_imis_log(message) for message in found],
                 "total": self._db.messages.count_documents(query)}
+
+    def _deferred(self, tenant_id: str, run_id: str) -> dict:
+        """Return how many of the run's texts wait for the daily limit, and the earliest time one is released.
+
+        The sender stores such a text as `deferred` with `deferred_until`, the tenant's
+        next midnight. Raising the limit moves `deferred_until` to the past, so the
+        scheduler sends those texts at its next tick.
+        """
+        query = {"run_id": run_id, "tenant_id": tenant_id, "status": "deferred"}
+        count = self._db.messages.count_documents(query)
+        first = None
+        if count:
+            first = next(iter(self._db.messages.find(query, {"deferred_until": 1}).sort("deferred_until", 1)
+                              .limit(1)), {}).get("deferred_until")
+        return {"deferred": count, "deferred_until": first}
 
     def _republish_parked(self, run_id: str, status: str) -> None:
         """Publish each text set aside with `status` again, moving it to `retrying` first.
@@ -172,11 +228,10 @@ class CampaignService:
             raise NotFound(f"no campaign {campaign_id} in this organisation")
         return campaign
 
-    def _current_run(self, tenant_id: str, campaign_id: str) -> dict:
-        campaign = self._campaign(tenant_id, campaign_id)
-        run = self._db.runs.find_one({"_id": campaign.get("current_run_id"), "tenant_id": tenant_id})
+    def _current_run(self, campaign: dict) -> dict:
+        run = self._db.runs.find_one({"_id": campaign.get("current_run_id"), "tenant_id": campaign["tenant_id"]})
         if run is None:
-            raise Conflict("the campaign has not been sent yet")
+            raise Conflict(_with_schedule_hint("the campaign has not been sent yet", campaign))
         return run
 
     def _with_counts(self, campaign: dict) -> dict:
@@ -188,6 +243,18 @@ class CampaignService:
             if run["_id"] == campaign.get("current_run_id"):
                 current = run
         return dict(campaign, counts=counts, current_run=current)
+
+
+def _with_schedule_hint(message: str, campaign: dict) -> str:
+    """Return the message, telling how to stop the schedule when the campaign repeats."""
+    if not campaign.get("schedule_active"):
+        return message
+    return (f"{message}: to stop its recurring schedule, use Stop repeating "
+            f"(DELETE /api/campaigns/{campaign['_id']}/schedule)")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 def _with_imis_log(message: dict) -> dict:

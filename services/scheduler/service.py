@@ -115,12 +115,19 @@ class Scheduler:
             except PublishError:
                 logger.warning("publishing the run failed; it is tried again when its lease lapses", exc_info=True)
                 return False
-            self._db.runs.update_one({"_id": run["_id"], "status": "publishing"},
-                                     {"$set": {"status": "queued", "queued_at": self._clock.now()}})
-            self._db.campaigns.update_one({"_id": run["campaign_id"], "tenant_id": run["tenant_id"],
-                                           "status": "scheduled"}, {"$set": {"status": "sending"}})
+            queued = self._db.runs.update_one({"_id": run["_id"], "status": "publishing"},
+                                              {"$set": {"status": "queued", "queued_at": self._clock.now()}})
+            if queued.modified_count:
+                self._mark_campaign_sending(run)
             logger.info("run published")
             return True
+
+    def _mark_campaign_sending(self, run: dict) -> None:
+        """Show the campaign as sending; between occurrences, a recurring one shows its last run's outcome."""
+        waiting = ["scheduled", "completed", "failed", "cancelled"] if run.get("recurring") else ["scheduled"]
+        self._db.campaigns.update_one({"_id": run["campaign_id"], "tenant_id": run["tenant_id"],
+                                       "current_run_id": run["_id"], "status": {"$in": waiting}},
+                                      {"$set": {"status": "sending", "updated_at": self._clock.now()}})
 
     def _release_deferred(self) -> None:
         """Publish again texts whose wait is over.

@@ -171,11 +171,25 @@ def test_dashboard_daily_limit(stack, staff, sent_campaign):
 
 def test_dashboard_lifetime(stack, staff, sent_campaign):
     lifetime = staff.get("/api/dashboard").json()["lifetime"]
+    undeliverable = stack.runtime.db.messages.count_documents(
+        {"tenant_id": DEMO_CLOUD_ID, "status": "skipped", "sent_at": {"$ne": None}})
 
     assert lifetime["sent"] == texts_accepted(stack)
     assert lifetime["delivered"] == messages_with_status(stack, "delivered")
     assert lifetime["failed"] == messages_with_status(stack, "failed", "undelivered")
+    assert lifetime["undeliverable"] == undeliverable
+    assert undeliverable == len(demo_data.DEMO_UNDELIVERED)
     assert lifetime["opted_out"] == messages_with_status(stack, "opted_out")
+    assert lifetime["cancelled"] == messages_with_status(stack, "cancelled")
+
+
+def test_dashboard_lifetime_matches_cards(staff, sent_campaign):
+    """The lifetime figures are the campaigns' cards added up, so staff can check one against the other."""
+    lifetime = staff.get("/api/dashboard").json()["lifetime"]
+    campaigns = staff.get("/api/campaigns").json()["campaigns"]
+
+    for name, total in lifetime.items():
+        assert total == sum(campaign["counts"][name] for campaign in campaigns), name
 
 
 def test_dashboard_lifetime_sums_runs(stack, staff):
@@ -183,17 +197,20 @@ def test_dashboard_lifetime_sums_runs(stack, staff):
     runs = stack.runtime.db.runs
     inserted = [runs.insert_one({"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "campaign_id": "0" * 32,
                                  "status": "completed", "counts": counts}).inserted_id
-                for tenant_id, counts in [(DEMO_CLOUD_ID, {"delivered": 5, "failed": 2, "opted_out": 1}),
-                                          (DEMO_CLOUD_ID, {"delivered": 1, "failed": 3}),
-                                          (OTHER_CLOUD_ID, {"delivered": 100, "failed": 100, "opted_out": 100})]]
+                for tenant_id, counts in [
+                    (DEMO_CLOUD_ID, {"sent": 9, "delivered": 5, "failed": 2, "undeliverable": 1, "opted_out": 1}),
+                    (DEMO_CLOUD_ID, {"sent": 4, "delivered": 1, "failed": 3, "cancelled": 7}),
+                    (OTHER_CLOUD_ID, {"sent": 100, "delivered": 100, "failed": 100, "opted_out": 100})]]
 
     after = staff.get("/api/dashboard").json()["lifetime"]
     runs.delete_many({"_id": {"$in": inserted}})
 
+    assert after["sent"] - before["sent"] == 13
     assert after["delivered"] - before["delivered"] == 6
     assert after["failed"] - before["failed"] == 5
+    assert after["undeliverable"] - before["undeliverable"] == 1
     assert after["opted_out"] - before["opted_out"] == 1
-    assert after["sent"] == before["sent"]
+    assert after["cancelled"] - before["cancelled"] == 7
 
 
 def test_dashboard_campaign_stages(stack, staff, other_staff, sent_campaign):
@@ -427,6 +444,7 @@ def test_dashboard_other_tenant(other_staff, sent_campaign):
     dashboard = other_staff.get("/api/dashboard").json()
 
     assert dashboard["texts_sent"] == {"today": 0, "this_month": 0}
-    assert dashboard["lifetime"] == {"sent": 0, "delivered": 0, "failed": 0, "opted_out": 0}
+    assert dashboard["lifetime"] == {"sent": 0, "delivered": 0, "failed": 0, "undeliverable": 0, "opted_out": 0,
+                                     "cancelled": 0}
     assert dashboard["campaigns"]["completed"] == 0
     assert dashboard["daily_limit"]["used"] == 0

@@ -192,6 +192,8 @@ def test_final_counts(pipelines, backend):
     assert counts["opted_out"] == len(OPTED_OUT_NUMBERS)
     assert counts["delivered"] == DELIVERED_COUNT
     assert counts["failed"] == len(FAILED_AFTER_SENDING)
+    assert counts["undeliverable"] == len(SKIPPED_AFTER_SENDING)
+    assert counts["cancelled"] == 0
 
 
 def test_demo_undelivered_codes_end_at_once():

@@ -6,7 +6,8 @@ import pytest
 
 from libs.common.progress import FINAL_STATUSES, RunProgress, apply_callback_status
 
-COUNT_NAMES = ("recipients", "sent", "delivered", "failed", "opted_out", "skipped", "done")
+COUNT_NAMES = ("recipients", "sent", "delivered", "failed", "undeliverable", "opted_out", "cancelled", "skipped",
+               "done")
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_count_of_nothing(runtime, progress, run):
     ("canceled", "failed"),
     ("opted_out", "opted_out"),
     ("skipped", "skipped"),
-    ("cancelled", "skipped"),
+    ("cancelled", "cancelled"),
 ])
 def test_count_final(runtime, progress, run, status, counter):
     progress.count_final("r1", status)
@@ -66,6 +67,30 @@ def test_count_final(runtime, progress, run, status, counter):
     counts = counts_of(runtime)
     assert counts[counter] == 1
     assert counts["done"] == 1
+
+
+def test_count_final_other_counter(runtime, progress, run):
+    progress.count_final("r1", "skipped", counter="undeliverable")
+
+    counts = counts_of(runtime)
+    assert counts["undeliverable"] == 1
+    assert counts["skipped"] == 0
+    assert counts["done"] == 1
+
+
+def test_cancelled_not_skipped(runtime, progress, run):
+    progress.count_final("r1", "cancelled")
+
+    counts = counts_of(runtime)
+    assert counts["cancelled"] == 1
+    assert counts["skipped"] == 0
+
+
+def test_counters_named_once():
+    from libs.common.progress import FINAL_COUNTER, RUN_COUNTERS, UNDELIVERABLE_COUNTER
+
+    assert set(FINAL_COUNTER.values()) | {UNDELIVERABLE_COUNTER} <= set(RUN_COUNTERS)
+    assert set(RUN_COUNTERS) == set(COUNT_NAMES) - {"done"}
 
 
 def test_run_completes_at_last_final(runtime, progress, run):
@@ -78,6 +103,37 @@ def test_run_completes_at_last_final(runtime, progress, run):
     assert between == "sending"
     assert completed["status"] == "completed"
     assert completed["completed_at"] == runtime.clock.now()
+    assert runtime.db.campaigns.find_one({"_id": "c1"})["status"] == "completed"
+
+
+def test_recurring_campaign_back_to_scheduled(runtime, progress, run):
+    """A run of a campaign whose schedule goes on leaves the campaign waiting for the next occurrence."""
+    runtime.db.campaigns.update_one({"_id": "c1"}, {"$set": {"schedule_active": True}})
+
+    progress.count_final("r1", "delivered")
+    progress.count_final("r1", "delivered")
+
+    assert runtime.db.runs.find_one({"_id": "r1"})["status"] == "completed"
+    assert runtime.db.campaigns.find_one({"_id": "c1"})["status"] == "scheduled"
+
+
+def test_stopped_schedule_completes(runtime, progress, run):
+    runtime.db.campaigns.update_one({"_id": "c1"}, {"$set": {"schedule_active": False}})
+
+    progress.count_final("r1", "delivered")
+    progress.count_final("r1", "delivered")
+
+    assert runtime.db.campaigns.find_one({"_id": "c1"})["status"] == "completed"
+
+
+def test_paused_campaign_completes(runtime, progress, run):
+    """A run paused by an error whose last texts end anyway completes its paused campaign too."""
+    runtime.db.runs.update_one({"_id": "r1"}, {"$set": {"status": "paused"}})
+    runtime.db.campaigns.update_one({"_id": "c1"}, {"$set": {"status": "paused"}})
+
+    progress.count_final("r1", "delivered")
+    progress.count_final("r1", "failed")
+
     assert runtime.db.campaigns.find_one({"_id": "c1"})["status"] == "completed"
 
 

@@ -147,7 +147,8 @@ def test_cancel_stops_remaining(world, campaigns):
     assert len(world.twilio.creates) == 10
     assert statuses == {"sent": 10, "cancelled": 40}
     assert run["status"] == "cancelled"
-    assert run["counts"]["skipped"] == 40
+    assert run["counts"]["cancelled"] == 40
+    assert run["counts"]["skipped"] == 0
     assert world.db.campaigns.find_one({"_id": campaign_id})["status"] == "cancelled"
 
 
