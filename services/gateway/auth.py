@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 import secrets
 from datetime import timedelta
 
@@ -16,9 +17,12 @@ from libs.common.tenants import Tenant, TenantNotFound, TenantRepository
 from services.gateway.errors import CsrfFailed, NotSignedIn, SignInFailed, UpstreamUnavailable
 from services.gateway.throttle import SignInThrottle
 
+logger = logging.getLogger(__name__)
+
 COOKIE_NAME = "tm_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+SIGN_IN_REJECTED = "the user name, password or Cloud ID is wrong: check them and try again"
 
 # Sign-in is interactive, and gunicorn kills a request after 30 s: at most two
 # attempts of at most 10 s each, where the iMIS client's defaults would keep staff
@@ -70,10 +74,13 @@ def sign_in(tenants: TenantRepository, throttle: SignInThrottle, *, cloud_id: st
             address: str, timeout_s: float) -> Tenant:
     """Check the staff member's iMIS credentials, counting failures; return the tenant.
 
+    The Cloud ID and user name are used without surrounding whitespace, for the
+    throttle's counter as for iMIS, so "mallory " is counted as "mallory".
     Raises TooManySignIns, without asking iMIS, while the account or the client address
     is locked, and when this failure locks it. Otherwise raises SignInFailed or
     UpstreamUnavailable like `check_credentials`.
     """
+    cloud_id, username = cloud_id.strip(), username.strip()
     attempt = throttle.begin(cloud_id, username, address)
     try:
         tenant = check_credentials(tenants, cloud_id=cloud_id, username=username, password=password,
@@ -93,24 +100,36 @@ def sign_in(tenants: TenantRepository, throttle: SignInThrottle, *, cloud_id: st
 
 def check_credentials(tenants: TenantRepository, *, cloud_id: str, username: str, password: str,
                       timeout_s: float) -> Tenant:
-    """Check the staff member's iMIS credentials; return the tenant, or raise SignInFailed or UpstreamUnavailable."""
+    """Check the staff member's iMIS credentials; return the tenant, or raise SignInFailed or UpstreamUnavailable.
+
+    An unknown Cloud ID gets the same SignInFailed as a wrong password, so the answer
+    does not tell which Cloud IDs exist. The Cloud ID must match as stored, letter
+    case included, because neither the iMIS API nor the product documentation says
+    whether Cloud IDs ignore case, and the store keys tenants by the exact Cloud ID.
+    """
+    # NOTE: an unknown Cloud ID is answered without the iMIS call, so a client that
+    # times the answers can still tell it apart. The throttle bounds how many it can try.
     try:
         tenant = tenants.get(cloud_id)
     except TenantNotFound:
-        raise SignInFailed(f"no organisation uses the Cloud ID {cloud_id!r}: check the Cloud ID you received",
-                           {"field": "cloud_id"}) from None
+        # The Cloud ID typed is not logged: it may be a password typed into the wrong field.
+        logger.info("sign-in rejected: unknown Cloud ID")
+        raise SignInFailed(SIGN_IN_REJECTED, {"field": "password"}) from None
     try:
         with ImisClient(tenant.imis_base_url, timeout_s=min(timeout_s, SIGN_IN_TIMEOUT_S),
                         max_retries=SIGN_IN_MAX_RETRIES) as client:
             client.get_token(username, password)
     except ImisAuthError:
-        raise SignInFailed("iMIS did not accept this user name and password: check them and try again",
-                           {"field": "password"}) from None
+        raise SignInFailed(SIGN_IN_REJECTED, {"field": "password"}) from None
     except ImisUnavailable as error:
-        raise UpstreamUnavailable(f"iMIS at {tenant.imis_base_url} did not respond: {error.message}. "
-                                  "Try again later, or ask your administrator to check the iMIS address") from None
+        # The address stays out of the answer, which anyone may read before signing in.
+        logger.warning("sign-in: iMIS at %s did not respond: %s", tenant.imis_base_url, error.message)
+        raise UpstreamUnavailable("iMIS did not respond to the sign-in: try again later, or ask your "
+                                  "administrator to check the iMIS address") from None
     except ImisError as error:
-        raise UpstreamUnavailable(f"iMIS sign-in failed: {error.message}") from None
+        logger.warning("sign-in: iMIS at %s failed: %s", tenant.imis_base_url, error.message)
+        raise UpstreamUnavailable("iMIS failed to check the sign-in: try again later, or ask your administrator "
+                                  "to check the iMIS address") from None
     return tenant
 
 

@@ -10,10 +10,18 @@ from libs.common.texts import MAX_BODY_CHARS, measure
 from services.gateway.tenant_settings import clean_admins
 
 
+class TrimmedString(fields.String):
+    """A string loaded without surrounding whitespace, so that "x " and "x" are one value."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        return super()._deserialize(value, attr, data, **kwargs).strip()
+
+
 class SessionIn(Schema):
-    username = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    # The user name is sent to iMIS trimmed, and the sign-in throttle also ignores its case.
+    username = TrimmedString(required=True, validate=validate.Length(min=1, max=200))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=500))
-    cloud_id = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    cloud_id = TrimmedString(required=True, validate=validate.Length(min=1, max=100))
 
 
 class SessionOut(Schema):

@@ -56,8 +56,8 @@ class SignInThrottle:
     def begin(self, cloud_id: str, username: str, address: str) -> SignInAttempt:
         """Count a new attempt and return it; raise TooManySignIns while the account or address is locked."""
         counters = (
-            _Counter(ACCOUNT, self._digest(ACCOUNT, cloud_id, username.casefold()), self._max_failures,
-                     f"to an account of Cloud ID {cloud_id}"),
+            _Counter(ACCOUNT, self._digest(ACCOUNT, *account_key(cloud_id, username)), self._max_failures,
+                     f"to an account of Cloud ID {cloud_id.strip()}"),
             _Counter(ADDRESS, self._digest(ADDRESS, address), self._address_max_failures, f"from {address}"),
         )
         attempt = SignInAttempt(self, counters, {"id": uuid.uuid4().hex, "at": self._clock.now()})
@@ -115,6 +115,15 @@ class SignInThrottle:
 
     def _digest(self, *parts: str) -> str:
         return hmac.new(self._key, json.dumps(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def account_key(cloud_id: str, username: str) -> tuple[str, str]:
+    """Return the Cloud ID and user name as the account's counter is keyed.
+
+    Both lose surrounding whitespace, as sign_in sends them to iMIS, and the user name
+    loses its letter case too, because iMIS user names ignore case.
+    """
+    return cloud_id.strip(), username.strip().casefold()
 
 
 class SignInAttempt:

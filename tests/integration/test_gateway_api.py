@@ -81,7 +81,8 @@ def test_sign_in_ok(gateway_world):
 
 
 @pytest.mark.parametrize("cloud_id, password, status, code, advice", [
-    pytest.param("NO-SUCH-ORG", "alpha-staff-pass-20c1", 401, "sign_in_failed", "check the Cloud ID", id="cloud-id"),
+    pytest.param("NO-SUCH-ORG", "alpha-staff-pass-20c1", 401, "sign_in_failed", "check them and try again",
+                 id="cloud-id"),
     pytest.param("ALPHA", "not-the-password", 401, "sign_in_failed", "check them and try again", id="password"),
     pytest.param(UNREACHABLE_CLOUD_ID, "alpha-staff-pass-20c1", 502, "upstream_unavailable",
                  "check the iMIS address", id="unreachable-imis"),

@@ -173,7 +173,7 @@ def test_wrong_password(stack, browser):
 
     error = wait_for(browser, lambda d: text_of(d, "#sign-in .form-error"), "the sign-in error shows")
 
-    assert "iMIS did not accept this user name and password" in error
+    assert "The user name, password or Cloud ID is wrong" in error
     assert browser.find_element(By.NAME, "password").get_attribute("aria-invalid") == "true"
     assert not browser.find_element(By.ID, "app-view").is_displayed()
 
@@ -187,7 +187,7 @@ def test_sign_in_lockout_message(stack, browser):
         sign_in(browser, stack, password="not-the-password", username=username)
         errors.append(wait_for(browser, lambda d: text_of(d, "#sign-in .form-error"), "the sign-in error shows"))
 
-    assert all("iMIS did not accept" in error for error in errors[:-1])
+    assert all("The user name, password or Cloud ID is wrong" in error for error in errors[:-1])
     assert errors[-1].startswith("Too many failed sign-ins with this user name and Cloud ID: try again in 15 minutes")
     assert "reset it in iMIS" in errors[-1]
     assert not browser.find_element(By.ID, "app-view").is_displayed()

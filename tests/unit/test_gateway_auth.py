@@ -8,7 +8,7 @@ import hmac
 import pytest
 
 from services.gateway.app import create_app
-from services.gateway.auth import COOKIE_NAME, CSRF_HEADER, SessionStore, check_credentials
+from services.gateway.auth import COOKIE_NAME, CSRF_HEADER, SIGN_IN_REJECTED, SessionStore, check_credentials
 from services.gateway.errors import SignInFailed
 
 SESSION_SECRET = "unit-test-session-secret-0f9e8d7c6b5a"
@@ -104,12 +104,12 @@ def test_csrf_tokens_differ(sessions):
 
 
 def test_unknown_cloud_id_fails_before_imis(runtime):
-    """An unknown Cloud ID is refused without a request to any iMIS."""
+    """An unknown Cloud ID is refused without a request to any iMIS, as a wrong password is."""
     with pytest.raises(SignInFailed) as raised:
         check_credentials(runtime.tenants, cloud_id="NOPE", username="alice", password="pw", timeout_s=1.0)
 
-    assert raised.value.details == {"field": "cloud_id"}
-    assert "Cloud ID" in raised.value.message
+    assert raised.value.details == {"field": "password"}
+    assert raised.value.message == SIGN_IN_REJECTED
 
 
 def test_read_needs_no_csrf(signed_in):

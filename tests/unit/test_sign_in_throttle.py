@@ -103,6 +103,23 @@ def test_user_name_case_ignored(throttle):
     assert locked is not None
 
 
+@pytest.mark.parametrize("variant", ["alice ", " alice", "\talice\n", " ALICE "])
+def test_user_name_spaces_ignored(throttle, variant):
+    fail(throttle, MAX_FAILURES - 1, username="alice")
+
+    locked = fail(throttle, 1, username=variant)
+
+    assert locked is not None
+
+
+def test_cloud_id_spaces_ignored(throttle):
+    fail(throttle, MAX_FAILURES - 1, cloud_id="ACME")
+
+    locked = fail(throttle, 1, cloud_id=" ACME ")
+
+    assert locked is not None
+
+
 def test_accounts_counted_apart(throttle):
     """The same user name in another organisation, or another user, has a counter of its own."""
     fail(throttle, MAX_FAILURES)
@@ -285,6 +302,71 @@ def test_unknown_cloud_id_counted(client):
                  for _ in range(MAX_FAILURES)]
 
     assert [response.status_code for response in responses] == [401] * (MAX_FAILURES - 1) + [429]
+
+
+def post_sign_in(client, username: str, password: str, cloud_id: str):
+    return client.post("/api/session", json={"username": username, "password": password, "cloud_id": cloud_id},
+                       environ_base={"REMOTE_ADDR": "198.51.100.7"})
+
+
+def test_trailing_space_shares_lock(client, fake_imis):
+    """Once "alice" is locked, "alice " is locked too and never reaches iMIS."""
+    for _ in range(MAX_FAILURES):
+        post_session(client, "alice", "wrong")
+    asked_before = len(fake_imis.requests)
+
+    variants = [post_session(client, name, PASSWORDS["alice"]) for name in ("alice ", " Alice", "ALICE\t")]
+
+    assert [response.status_code for response in variants] == [429, 429, 429]
+    assert len(fake_imis.requests) == asked_before
+
+
+def test_imis_gets_trimmed_user_name(client, fake_imis):
+    response = post_session(client, "  alice ", PASSWORDS["alice"])
+
+    assert response.status_code == 201
+    assert fake_imis.requests == ["alice"]
+    assert response.get_json()["username"] == "alice"
+    assert response.get_json()["is_admin"] is True
+
+
+def test_unknown_cloud_id_answered_like_wrong_password(client, fake_imis):
+    """The answers do not tell which Cloud IDs exist."""
+    wrong_password = post_sign_in(client, "alice", "wrong", "ACME")
+    unknown_cloud_ids = [post_sign_in(client, "bob", "wrong", cloud_id) for cloud_id in ("NOPE", "acme", "ACME2")]
+
+    assert wrong_password.status_code == 401
+    for response in unknown_cloud_ids:
+        assert response.status_code == wrong_password.status_code
+        assert response.get_json() == wrong_password.get_json()
+    assert wrong_password.get_json()["message"] == "the user name, password or Cloud ID is wrong: check them and try again"
+    assert fake_imis.requests == ["alice"]
+
+
+def test_cloud_id_trimmed(client, fake_imis):
+    response = post_sign_in(client, "alice", PASSWORDS["alice"], " ACME\t")
+
+    assert response.status_code == 201
+    assert response.get_json()["cloud_id"] == "ACME"
+
+
+def test_cloud_id_letter_case_kept(client, fake_imis):
+    """Cloud IDs match as stored: nothing documents whether iMIS Cloud IDs ignore case."""
+    response = post_sign_in(client, "alice", PASSWORDS["alice"], "acme")
+
+    assert response.status_code == 401
+    assert fake_imis.requests == []
+
+
+def test_imis_down_answer_hides_address(client, fake_imis, caplog):
+    fake_imis.unavailable = True
+
+    response = post_session(client, "alice", PASSWORDS["alice"])
+
+    assert response.status_code == 502
+    assert "imis.invalid" not in response.get_data(as_text=True)
+    assert "check the iMIS address" in response.get_json()["message"]
+    assert any("imis.invalid" in record.getMessage() for record in caplog.records)
 
 
 def test_address_lock_spares_other_addresses(client, fake_imis):
