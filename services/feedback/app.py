@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 from flask import Flask, Response, abort, request
@@ -15,6 +16,12 @@ from services.feedback.service import FeedbackService
 logger = logging.getLogger(__name__)
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+# An estimate far above any webhook Twilio sends (text fields, up to 10 media URLs,
+# add-on results), and far below MongoDB's 16 MB limit for the stored callback.
+MAX_REQUEST_BYTES = 1024 * 1024
+# Twilio names its parameters with letters and digits. Other names, such as one with a
+# NUL character or a leading $, could not be stored as the audit trail's field names.
+PARAMETER_NAME = re.compile(r"[A-Za-z0-9_]{1,100}")
 
 
 def create_app(runtime: Runtime | None = None) -> Flask:
@@ -25,6 +32,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
         runtime = runtime_from_env()
         start_imis_writer(runtime, threading.Event())
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     service = FeedbackService(runtime.db, broker=runtime.broker, tenants=runtime.tenants, clock=runtime.clock,
                               notifier=runtime.notifier)
     public_base = runtime.settings.public_callback_url.rstrip("/")
@@ -46,15 +54,24 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     def status_callback(tenant_id: str, message_id: str):
         """Apply a message status callback."""
         verify(tenant_id)
-        service.on_status_callback(tenant_id, message_id, request.form.to_dict())
+        service.on_status_callback(tenant_id, message_id, twilio_parameters())
         return Response(status=204)
 
     @app.post("/twilio/inbound/<tenant_id>")
     def inbound(tenant_id: str):
         """Record STOP and START replies; Twilio sends the standard reply itself."""
         verify(tenant_id)
-        service.on_inbound(tenant_id, request.form.to_dict())
+        service.on_inbound(tenant_id, twilio_parameters())
         return Response(EMPTY_TWIML, mimetype="text/xml")
+
+    def twilio_parameters() -> dict[str, str]:
+        """Return the signed POST parameters that can be stored, each by its name as Twilio spells it."""
+        form = request.form.to_dict()
+        storable = {name: value for name, value in form.items() if PARAMETER_NAME.fullmatch(name)}
+        if len(storable) < len(form):
+            logger.warning("dropped %s webhook parameters whose names cannot be stored, for %s",
+                           len(form) - len(storable), request.path)
+        return storable
 
     @app.get("/healthz")
     def healthz():

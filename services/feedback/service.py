@@ -21,6 +21,7 @@ OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END",
 OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 OPT_OUT_ERROR_CODES = (21610,)
 TOLL_FREE_BLOCKED = 30004
+MAX_ERROR_CODE_DIGITS = 9
 TEXTUNSUB = "TEXTUNSUB"
 TEXTUNSUB_CATEGORY = "Text Manager"
 
@@ -216,7 +217,12 @@ class ImisWriter:
 
 
 def _int_or_none(value: object) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    """Return a Twilio error code as an int, or None when it is missing or not a code.
+
+    Twilio's codes have 5 digits. Longer digit strings are refused, because the store
+    takes only 8-byte integers.
+    """
+    text = str(value).strip() if value is not None else ""
+    if not text.isdigit() or not text.isascii() or len(text) > MAX_ERROR_CODE_DIGITS:
         return None
+    return int(text)
