@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -84,7 +85,9 @@ def _measure_gsm(text: str) -> Measurement:
 
 
 def _measure_ucs2(text: str) -> Measurement:
-    units = len(text.encode("utf-16-le")) // 2
+    # Counted, not encoded: an unpaired surrogate from an IQA value is one code unit,
+    # where encoding it would raise.
+    units = len(text) + sum(char > "\uffff" for char in text)
     if units <= SINGLE_UCS2_UNITS:
         segments = 1
     elif units == len(text):
@@ -150,6 +153,24 @@ def smart_encode(text: str) -> str:
     return text.translate(_SMART_TABLE)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def find_lone_surrogate(text: str) -> int | None:
+    """Return the index of the first unpaired UTF-16 surrogate in the text, or None.
+
+    JSON escapes such as "\\ud800" decode to such a character. UTF-8, BSON and Twilio
+    cannot carry it, so it has to be rejected or replaced before the text is stored.
+    """
+    found = _LONE_SURROGATE.search(text)
+    return None if found is None else found.start()
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """Return the text with each unpaired UTF-16 surrogate replaced by U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
 class TemplateError(ValueError):
     """A message body whose merge fields cannot be parsed, with a message written for staff."""
 
@@ -199,7 +220,8 @@ class Template:
 
         A value is inserted with str() and surrounding whitespace removed. It is never
         interpreted, so braces or format codes in it stay literal. A missing column,
-        None or a blank value gives the field's fallback, or nothing.
+        None or a blank value gives the field's fallback, or nothing. An unpaired UTF-16
+        surrogate in a value becomes U+FFFD.
         """
         folded_row = None
         pieces = []
@@ -241,7 +263,8 @@ _ABSENT = object()
 def _value_text(value: object) -> str:
     if value is None:
         return ""
-    return str(value).strip()
+    # An IQA value may carry an unpaired surrogate, which the store and Twilio reject.
+    return replace_lone_surrogates(str(value).strip())
 
 
 def _unique_field_names(parts: Iterable[str | _Field]) -> tuple[str, ...]:

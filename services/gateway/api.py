@@ -11,6 +11,7 @@ from libs.common.texts import measure
 from services.gateway import schemas
 from services.gateway.auth import COOKIE_NAME, login_required, sign_in
 from services.gateway.errors import InvalidInput
+from services.gateway.json_body import read_json_object
 from services.gateway.preview import CampaignPreview
 from services.gateway.tenant_settings import change_settings
 
@@ -26,9 +27,7 @@ requires_session = login_required(lambda: _ctx().sessions)
 
 def load(schema: Schema) -> dict:
     """Validate the JSON body with a schema; raise InvalidInput naming each bad field."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object (Content-Type: application/json)")
+    body = read_json_object()
     try:
         return schema.load(body)
     except ValidationError as error:

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from flask import Flask, g, jsonify, request, send_from_directory
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from libs.common.logs import log_context
@@ -103,6 +103,12 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def on_api_error(error: ApiError):
         return jsonify(error.to_dict()), error.status, error.headers()
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def on_too_large(error: RequestEntityTooLarge):
+        return jsonify({"error": "request_too_large", "details": {"max_bytes": MAX_REQUEST_BYTES},
+                        "message": f"the request body is larger than {MAX_REQUEST_BYTES // 1024} KB: send less, "
+                                   "for example a shorter text"}), 413
 
     @app.errorhandler(HTTPException)
     def on_http_error(error: HTTPException):

@@ -9,8 +9,10 @@ from libs.common.texts import (
     Measurement,
     Template,
     TemplateError,
+    find_lone_surrogate,
     measure,
     render_and_measure,
+    replace_lone_surrogates,
     smart_encode,
 )
 from tests.conftest import CASES_DIR
@@ -364,3 +366,32 @@ def test_template_blank_field_named_once():
 
 def test_template_blank_field_empty_fallback():
     assert Template.parse("Hi {FirstName|}!").blank_fields({"FirstName": ""}) == ["FirstName"]
+
+
+# ------------------------------------------------------------------ lone surrogates
+
+
+@pytest.mark.parametrize("text, position", [
+    ("\ud800", 0),
+    ("ok \udfff", 3),
+    ("\U0001F600 then \ud83d", 7),
+    ("\U0001F600", None),
+    ("\ud83d\ude00", 0),
+    ("plain", None),
+])
+def test_find_lone_surrogate(text, position):
+    assert find_lone_surrogate(text) == position
+
+
+def test_replace_lone_surrogates():
+    assert replace_lone_surrogates("a\ud800b\U0001F600") == "a\ufffdb\U0001F600"
+
+
+def test_measure_lone_surrogate():
+    """A lone surrogate in an IQA value counts as one UTF-16 code unit instead of raising."""
+    assert measure("Hi \ud800") == Measurement("UCS-2", 1, 4, False)
+    assert measure("\ud800" * 71) == Measurement("UCS-2", 2, 71, False)
+
+
+def test_render_replaces_lone_surrogate():
+    assert Template.parse("Hi {FirstName}").render({"FirstName": "Ana\udc00"}) == "Hi Ana\ufffd"
