@@ -31,6 +31,14 @@ _NOT_MOBILE_REASONS = {
     PhoneNumberType.VOICEMAIL: "not a mobile number (voicemail)",
 }
 
+# Types of number that Twilio can send texts from. US and Canadian long codes parse as
+# FIXED_LINE_OR_MOBILE, because their numbering plan does not tell the two apart.
+_SENDER_TYPES = frozenset(
+    {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE, PhoneNumberType.TOLL_FREE}
+)
+# A short code is sent as its digits alone, without a country code.
+SHORT_CODE_PATTERN = re.compile(r"[0-9]{5,6}")
+
 # The form check_number returns: a plus sign, a country code that does not start with 0,
 # and at most 15 digits in all (ITU-T E.164).
 E164_PATTERN = re.compile(r"\+[1-9][0-9]{1,14}")
@@ -111,6 +119,35 @@ def _check_text(raw: str, default_country: str) -> PhoneCheck:
         return PhoneCheck(raw, e164, True, None)
     reason = _NOT_MOBILE_REASONS.get(number_type, "not a mobile number")
     return PhoneCheck(raw, e164, False, reason)
+
+
+def sender_number_problem(value: str) -> str | None:
+    """Return why `value` cannot be the number texts are sent from, or None when it can.
+
+    A sender is a short code of 5 or 6 digits, or a valid E.164 number of a type that
+    Twilio sends texts from. Those types are mobile, toll-free, and fixed line or
+    mobile, which is how US and Canadian long codes parse. The message says what to
+    enter instead.
+    """
+    if SHORT_CODE_PATTERN.fullmatch(value):
+        return None
+    if not is_e164(value):
+        return "must be an E.164 number such as +18885550100, or a short code of 5 or 6 digits"
+    try:
+        number_type = phonenumbers.number_type(phonenumbers.parse(value))
+    except NumberParseException:
+        number_type = PhoneNumberType.UNKNOWN
+    if number_type == PhoneNumberType.UNKNOWN:
+        return f"{value} is not a valid phone number: check the digits of the number Twilio gave you"
+    if number_type not in _SENDER_TYPES:
+        kind = _NOT_MOBILE_REASONS.get(number_type, "not a mobile number").removeprefix("not a mobile number ")
+        return f"{value} cannot send texts {kind}: enter a mobile, toll-free or long-code number, or a short code"
+    return None
+
+
+def is_sender_short_code(value: str) -> bool:
+    """Return whether the sender number is a short code rather than an E.164 number."""
+    return SHORT_CODE_PATTERN.fullmatch(value) is not None
 
 
 def is_e164(value: object) -> bool:

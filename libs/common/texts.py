@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -151,6 +152,32 @@ def smart_encode(text: str) -> str:
     if _GSM_ALL.issuperset(text):
         return text
     return text.translate(_SMART_TABLE)
+
+
+# Characters that show nothing besides whitespace: the Hangul fillers and the blank
+# Braille pattern, which render as empty space, and the variation selectors, which
+# only modify the character before them.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+_VARIATION_SELECTORS = (("\ufe00", "\ufe0f"), ("\U000e0100", "\U000e01ef"))
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def is_blank(text: str) -> bool:
+    """Return whether the text shows nothing when printed.
+
+    Whitespace, control characters and format characters (category Cf: the zero-width
+    space, joiners, the byte order mark, bidirectional marks, the soft hyphen) count
+    as blank, as do the few letters that render as empty space.
+    """
+    return all(_is_invisible(char) for char in text)
+
+
+def _is_invisible(char: str) -> bool:
+    if char.isspace() or char in _BLANK_LETTERS:
+        return True
+    if any(first <= char <= last for first, last in _VARIATION_SELECTORS):
+        return True
+    return unicodedata.category(char) in _INVISIBLE_CATEGORIES
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from flask import Blueprint, current_app, g, jsonify, request
 from marshmallow import Schema, ValidationError
 
@@ -10,12 +12,17 @@ from libs.common.tenants import Tenant
 from libs.common.texts import measure
 from services.gateway import schemas
 from services.gateway.auth import COOKIE_NAME, login_required, sign_in
+from services.gateway.editing import CampaignEditor, preview_notes
 from services.gateway.errors import InvalidInput
 from services.gateway.json_body import read_json_object
 from services.gateway.preview import CampaignPreview
 from services.gateway.tenant_settings import change_settings
 
 api = Blueprint("api", __name__, url_prefix="/api")
+
+# A one-time send can be scheduled up to a year ahead, a leap year included. A later
+# time is almost always a typing slip, such as 2062 for 2026.
+MAX_SEND_AHEAD = timedelta(days=366)
 
 
 def _ctx():
@@ -32,6 +39,15 @@ def load(schema: Schema) -> dict:
         return schema.load(body)
     except ValidationError as error:
         raise InvalidInput("some fields are invalid: correct them and send again", {"fields": error.messages}) from None
+
+
+def load_query(schema: Schema) -> dict:
+    """Validate the query string with a schema; raise InvalidInput naming each bad parameter."""
+    try:
+        return schema.load(request.args.to_dict())
+    except ValidationError as error:
+        raise InvalidInput("some query parameters are invalid: correct them and send again",
+                           {"fields": error.messages}) from None
 
 
 @api.post("/session")
@@ -77,10 +93,21 @@ def list_campaigns():
 @api.post("/campaigns")
 @requires_session
 def create_campaign():
-    """Create a draft campaign."""
+    """Create a draft campaign; the response's `notes` say what only preview can check."""
     data = load(schemas.CampaignIn())
     campaign = _ctx().campaigns.create(g.tenant_id, data, g.session["username"])
-    return schemas.CampaignOut().dump(campaign), 201
+    return schemas.CampaignSavedOut().dump(dict(campaign, notes=preview_notes(data))), 201
+
+
+@api.put("/campaigns/<campaign_id>")
+@requires_session
+def update_campaign(campaign_id: str):
+    """Replace a draft's fields, or those of a campaign not yet started (409 otherwise, saying why)."""
+    data = load(schemas.CampaignIn())
+    ctx = _ctx()
+    editor = CampaignEditor(ctx.runtime.db, campaigns=ctx.campaigns, clock=ctx.runtime.clock)
+    campaign = editor.update(g.tenant_id, campaign_id, data, g.session["username"])
+    return schemas.CampaignSavedOut().dump(dict(campaign, notes=preview_notes(data)))
 
 
 @api.get("/campaigns/<campaign_id>")
@@ -104,6 +131,8 @@ def preview_campaign(campaign_id: str):
 def send_campaign(campaign_id: str):
     """Send now, or once at `send_at`."""
     data = load(schemas.SendIn()) if request.get_data() else {"send_at": None, "resend": False}
+    if data["send_at"] is not None:
+        _check_send_at(data["send_at"])
     campaign = _ctx().campaigns.send(g.tenant_id, campaign_id, data["send_at"], resend=data["resend"])
     return schemas.CampaignOut().dump(campaign), 202
 
@@ -133,9 +162,8 @@ def cancel_campaign(campaign_id: str):
 @requires_session
 def read_run(run_id: str):
     """Return a run's counts and the rows it skipped, with reasons (`offset`, `limit`)."""
-    offset = request.args.get("offset", 0, type=int)
-    limit = min(request.args.get("limit", 100, type=int), 1000)
-    report = _ctx().campaigns.run_report(g.tenant_id, run_id, offset=max(offset, 0), limit=max(limit, 1))
+    page = load_query(schemas.RunQuery())
+    report = _ctx().campaigns.run_report(g.tenant_id, run_id, **page)
     return {"run": schemas.RunOut().dump(report["run"]), "skipped": report["skipped"],
             "skipped_total": report["skipped_total"], "refused_by_reason": report["refused_by_reason"],
             "undeliverable_by_reason": report["undeliverable_by_reason"]}
@@ -145,11 +173,7 @@ def read_run(run_id: str):
 @requires_session
 def list_run_messages(run_id: str):
     """Return a run's texts by number, with whether and how each was logged in iMIS (`offset`, `limit`)."""
-    try:
-        page = schemas.MessagesQuery().load(request.args.to_dict())
-    except ValidationError as error:
-        raise InvalidInput("some query parameters are invalid: correct them and send again",
-                           {"fields": error.messages}) from None
+    page = load_query(schemas.MessagesQuery())
     return schemas.MessagesOut().dump(_ctx().campaigns.run_messages(g.tenant_id, run_id, **page))
 
 
@@ -188,6 +212,15 @@ def check_phone_number():
     country = data["country"] or _ctx().runtime.tenants.get(g.tenant_id).default_country
     number = "" if data["number"] is None else data["number"]
     return schemas.PhoneCheckOut().dump(check_number(number, country))
+
+
+def _check_send_at(send_at: datetime) -> None:
+    """Raise InvalidInput when `send_at` is further ahead than MAX_SEND_AHEAD; the service rejects past times."""
+    latest = _ctx().runtime.clock.now() + MAX_SEND_AHEAD
+    if send_at > latest:
+        message = (f"send_at is more than {MAX_SEND_AHEAD.days} days ahead: pick a time before "
+                   f"{latest.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC")
+        raise InvalidInput(message, {"fields": {"send_at": [message]}})
 
 
 def _tenant_and_session() -> tuple[Tenant, dict]:

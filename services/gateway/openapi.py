@@ -17,8 +17,10 @@ OPERATIONS = [
     ("get", "/api/session", "Who is signed in, and the CSRF token", None, 200, "SessionOut"),
     ("delete", "/api/session", "Sign out", None, 200, None),
     ("get", "/api/campaigns", "List campaigns", None, 200, None),
-    ("post", "/api/campaigns", "Create a draft campaign", "CampaignIn", 201, "CampaignOut"),
+    ("post", "/api/campaigns", "Create a draft campaign", "CampaignIn", 201, "CampaignSavedOut"),
     ("get", "/api/campaigns/{campaign_id}", "A campaign with its counts", None, 200, "CampaignOut"),
+    ("put", "/api/campaigns/{campaign_id}", "Change a draft, or a campaign that has not started sending",
+     "CampaignIn", 200, "CampaignSavedOut"),
     ("post", "/api/campaigns/{campaign_id}/send", "Send now or at send_at", "SendIn", 202, "CampaignOut"),
     ("post", "/api/campaigns/{campaign_id}/pause", "Pause between texts", None, 200, "CampaignOut"),
     ("post", "/api/campaigns/{campaign_id}/resume", "Resume where sending stopped", None, 200, "CampaignOut"),
@@ -52,6 +54,13 @@ PUBLIC_OPERATIONS = {("post", "/api/session"), ("get", "/api/openapi.json")}
 OPERATION_ERRORS = {
     ("post", "/api/session"): {"429": "too many failed sign-ins: wait the seconds in the Retry-After header"},
     ("put", "/api/settings"): {"403": "not an administrator: the message names the organisation's administrators"},
+    ("put", "/api/campaigns/{campaign_id}"): {"409": "the campaign cannot change now: the message says why"},
+}
+# Query strings of the paged operations, described by their schemas.
+QUERY_SCHEMAS = {
+    ("get", "/api/runs/{run_id}"): "RunQuery",
+    ("get", "/api/runs/{run_id}/messages"): "MessagesQuery",
+    ("get", "/api/notices"): "NoticesQuery",
 }
 RETRY_AFTER_HEADER = {"Retry-After": {"description": "seconds until sign-in is possible again",
                                       "schema": {"type": "integer"}}}
@@ -72,6 +81,9 @@ def build_spec() -> dict:
     paths: dict[str, dict] = {}
     for method, path, summary, request_schema, status, response_schema in OPERATIONS:
         operation = _operation(path, summary, request_schema, status, response_schema)
+        if (method, path) in QUERY_SCHEMAS:
+            query = {"in": "query", "schema": _schema_class(QUERY_SCHEMAS[(method, path)])}
+            operation["parameters"] = [*operation.get("parameters", []), query]
         if (method, path) not in PUBLIC_OPERATIONS:
             operation["security"] = [{"session": []}]
         for status_code, description in OPERATION_ERRORS.get((method, path), {}).items():

@@ -5,8 +5,13 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
 from libs.common.imis_log import TEXT_LOG_MODES
-from libs.common.phones import is_valid_country
-from libs.common.texts import MAX_BODY_CHARS, measure
+from libs.common.phones import (
+    is_sender_short_code,
+    is_valid_country,
+    sender_number_problem,
+)
+from libs.common.texts import MAX_BODY_CHARS, Template, TemplateError, is_blank, measure
+from services.gateway.editing import EDIT_CLOSES_BEFORE_SEND, edit_refusal
 from services.gateway.tenant_settings import clean_admins
 
 
@@ -43,26 +48,52 @@ TEXT_LOG_DESCRIPTION = (
 )
 
 
+IQA_PATH_EXAMPLE = "$/TextManager/Members"
+COLUMN_ERROR = "must name a column of the IQA, in 1 to {max} characters"
+
+
 class CampaignIn(Schema):
+    """A campaign as staff save it, new or changed.
+
+    Whether the IQA exists and returns the columns the campaign uses is known only by
+    running it. Preview and send check that, and the save response's notes name the columns.
+    """
+
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     body = fields.String(required=True)
-    iqa_path = fields.String(required=True, validate=[
-        validate.Regexp(r"^\$/.+", error="must be an IQA path starting with $/, for example $/TextManager/Members"),
-        validate.Length(max=500)])
+    iqa_path = TrimmedString(required=True, validate=validate.Length(max=500))
     email = fields.Email(load_default="")
-    phone_column = fields.String(load_default="Mobile", validate=validate.Length(min=1, max=100))
-    id_column = fields.String(load_default="ID", validate=validate.Length(min=1, max=100))
+    phone_column = TrimmedString(load_default="Mobile", validate=validate.Length(min=1, max=100, error=COLUMN_ERROR))
+    id_column = TrimmedString(load_default="ID", validate=validate.Length(min=1, max=100, error=COLUMN_ERROR))
     smart_encoding = fields.Boolean(load_default=False)
     prompts = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=100)),
                           values=fields.String(validate=validate.Length(max=1000)), load_default=dict,
                           validate=validate.Length(max=MAX_PROMPTS, error=f"at most {MAX_PROMPTS} prompts"))
 
+    @validates("name")
+    def check_name(self, value: str, **kwargs) -> None:
+        if is_blank(value):
+            raise ValidationError("the name is blank: give the campaign a name that staff will recognise")
+
     @validates("body")
     def check_body(self, value: str, **kwargs) -> None:
-        if not value.strip():
-            raise ValidationError("the text is empty: write the message to send")
+        if is_blank(value):
+            raise ValidationError("the text is empty or only has invisible characters such as spaces or zero-width "
+                                  "spaces: write the message to send")
+        try:
+            Template.parse(value)
+        except TemplateError as error:
+            raise ValidationError(str(error)) from None
         if measure(value).too_long:
             raise ValidationError(f"the text is longer than {MAX_BODY_CHARS:,} characters: shorten it")
+
+    @validates("iqa_path")
+    def check_iqa_path(self, value: str, **kwargs) -> None:
+        if not value.startswith("$/"):
+            raise ValidationError(f"must be an IQA path starting with $/, for example {IQA_PATH_EXAMPLE}")
+        if any(is_blank(part) for part in value[2:].split("/")):
+            raise ValidationError(f"has an empty folder or query name: write the path as $/Folder/Query Name, "
+                                  f"for example {IQA_PATH_EXAMPLE}")
 
 
 class CountsOut(Schema):
@@ -104,15 +135,28 @@ class CampaignOut(Schema):
     phone_column = fields.String()
     id_column = fields.String()
     smart_encoding = fields.Boolean()
+    prompts = fields.Dict(keys=fields.String(), values=fields.String(), dump_default=dict)
     status = fields.String()
     error = fields.String(allow_none=True)
     created_at = fields.DateTime()
+    updated_at = fields.DateTime()
     counts = fields.Nested(CountsOut)
     current_run = fields.Nested(RunOut, allow_none=True)
     schedule = fields.Dict(allow_none=True, dump_default=None, metadata={"description": (
         "the recurring rule, as PUT /api/campaigns/{id}/schedule stored it; kept after the schedule stops")})
     schedule_active = fields.Boolean(dump_default=False)
     next_occurrence = fields.DateTime(allow_none=True, dump_default=None)
+    editable = fields.Function(lambda campaign: edit_refusal(campaign) is None, metadata={"description": (
+        "whether PUT /api/campaigns/{id} may change the campaign: a draft, a campaign scheduled to send once "
+        f"whose run has not started (until {EDIT_CLOSES_BEFORE_SEND.total_seconds() / 60:g} minutes before its "
+        "send time), or a failed or cancelled campaign that sent no text")})
+
+
+class CampaignSavedOut(CampaignOut):
+    """A campaign just created or changed, with what saving could not check."""
+
+    notes = fields.List(fields.String(), metadata={
+        "description": "checks left for preview, such as whether the IQA returns the columns the campaign uses"})
 
 
 class SendIn(Schema):
@@ -173,8 +217,9 @@ class SettingsIn(Schema):
     twilio_account_sid = fields.String(validate=validate.Regexp(r"^AC[0-9a-fA-F]{32}$",
                                                                 error="must be AC followed by 32 hex digits"))
     twilio_auth_token = fields.String(load_only=True)
-    sender_number = fields.String(validate=validate.Regexp(r"^\+[1-9]\d{6,14}$",
-                                                           error="must be an E.164 number such as +18885550100"))
+    sender_number = TrimmedString(metadata={"description": (
+        "the number texts are sent from: an E.164 mobile, toll-free or long-code number, or a short code of 5 or 6 "
+        "digits")})
     messaging_service_sid = fields.String(validate=validate.Regexp(r"^(MG[0-9a-fA-F]{32})?$",
                                                                    error="must be MG followed by 32 hex digits"))
     sender_kind = fields.String(validate=validate.OneOf(["toll-free", "long-code", "short-code"]))
@@ -187,6 +232,12 @@ class SettingsIn(Schema):
     imis_text_log = fields.String(validate=validate.OneOf(TEXT_LOG_MODES, error="must be one of {choices}"),
                                   metadata={"description": TEXT_LOG_DESCRIPTION})
     admins = AdminList(metadata={"description": "the iMIS user names of the administrators, at least one"})
+
+    @validates("sender_number")
+    def check_sender_number(self, value: str, **kwargs) -> None:
+        problem = sender_number_problem(value)
+        if problem is not None:
+            raise ValidationError(problem)
 
     @validates("default_country")
     def check_country(self, value: str, **kwargs) -> None:
@@ -206,6 +257,16 @@ class SettingsIn(Schema):
     def check_not_empty(self, data: dict, **kwargs) -> None:
         if not data:
             raise ValidationError("send at least one setting to change")
+
+    @validates_schema
+    def check_sender_kind(self, data: dict, **kwargs) -> None:
+        """Reject a short code given with another kind of sender, or a number given as a short code."""
+        if "sender_number" not in data or "sender_kind" not in data:
+            return
+        short_code = is_sender_short_code(data["sender_number"])
+        if short_code != (data["sender_kind"] == "short-code"):
+            raise ValidationError("a short code of 5 or 6 digits goes with the sender kind short-code, and an E.164 "
+                                  "number with toll-free or long-code: make the two match", "sender_kind")
 
     @validates_schema
     def check_secret_with_its_address(self, data: dict, **kwargs) -> None:
@@ -245,11 +306,19 @@ class SettingsOut(Schema):
     is_admin = fields.Boolean(metadata={"description": "whether the signed-in user may change the settings"})
 
 
-class MessagesQuery(Schema):
-    """Query string of `GET /api/runs/{run_id}/messages`."""
+class PageQuery(Schema):
+    """Query string of a paged list: `limit` items from `offset`."""
 
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class MessagesQuery(PageQuery):
+    """Query string of `GET /api/runs/{run_id}/messages`."""
+
+
+class RunQuery(PageQuery):
+    """Query string of `GET /api/runs/{run_id}`, which pages the skipped rows."""
 
 
 class ImisLogOut(Schema):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -289,14 +289,18 @@ def test_schedule_campaign(stack, browser):
     signed_in(browser, stack)
     campaign_id = create_campaign(browser, "Scheduled reminder", "A reminder for {FirstName|member}.")
 
+    # Later than both the browser's real clock and the stack's fake one, and less than a
+    # year after either, the furthest ahead the API takes.
+    day = (max(datetime.now(timezone.utc), START) + timedelta(days=60)).date()
     # Typing into a datetime-local input depends on the browser's locale, so the test sets the value.
-    browser.execute_script("document.getElementById('send-at').value = '2099-06-01T09:30';")
+    browser.execute_script(f"document.getElementById('send-at').value = '{day.isoformat()}T09:30';")
     browser.find_element(By.ID, "schedule").click()
     wait_for(browser, lambda d: text_of(d, ".title-badges .badge") == "scheduled", "the campaign shows scheduled")
     run_id = text_of(browser, "#run-details code")
 
     run = stack.runtime.db.runs.find_one({"_id": run_id})
-    local_due = browser.execute_script("return new Date(2099, 5, 1, 9, 30).toISOString();")
+    local_due = browser.execute_script(
+        f"return new Date({day.year}, {day.month - 1}, {day.day}, 9, 30).toISOString();")
     assert run["campaign_id"] == campaign_id
     assert run["due_at"] == datetime.fromisoformat(local_due.replace("Z", "+00:00"))
     assert texts_of(browser, "#cancel:enabled") == ["Cancel"]

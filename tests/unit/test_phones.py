@@ -6,7 +6,8 @@ import pytest
 
 from libs.common import phones
 from libs.common.phones import (
-    PhoneCheck, check_number, country_choices, is_e164, is_valid_country, mask_number, mask_number_in,
+    PhoneCheck, check_number, country_choices, is_e164, is_sender_short_code, is_valid_country, mask_number,
+    mask_number_in, sender_number_problem,
 )
 from tests.conftest import CASES_DIR
 
@@ -201,3 +202,34 @@ def test_mask_short_number():
 ])
 def test_mask_number_in_text(text, masked):
     assert mask_number_in(text, "+12025550143") == masked
+
+
+# ------------------------------------------------------------------ sender numbers
+
+
+@pytest.mark.parametrize("number", [
+    "+18885550100", "+18005550100", "+12025550143", "+14165550123", "+447911123456", "+61412345678", "12345",
+    "123456",
+])
+def test_sender_number_accepted(number):
+    assert sender_number_problem(number) is None
+
+
+@pytest.mark.parametrize("number, expected", [
+    ("+1888555010", "+1888555010 is not a valid phone number"),
+    ("+99912345678", "+99912345678 is not a valid phone number"),
+    ("+442079460000", "cannot send texts (fixed line)"),
+    ("+19005550100", "cannot send texts (premium rate)"),
+    ("+15005550006", "cannot send texts (personal number)"),
+    ("1234", "must be an E.164 number such as +18885550100, or a short code of 5 or 6 digits"),
+    ("1234567", "or a short code of 5 or 6 digits"),
+    ("+1 888 555 0100", "must be an E.164 number"),
+    ("", "must be an E.164 number"),
+])
+def test_sender_number_rejected(number, expected):
+    assert expected in sender_number_problem(number)
+
+
+@pytest.mark.parametrize("number, short_code", [("12345", True), ("123456", True), ("+18885550100", False)])
+def test_sender_short_code(number, short_code):
+    assert is_sender_short_code(number) is short_code

@@ -10,6 +10,7 @@ from libs.common.texts import (
     Template,
     TemplateError,
     find_lone_surrogate,
+    is_blank,
     measure,
     render_and_measure,
     replace_lone_surrogates,
@@ -368,7 +369,22 @@ def test_template_blank_field_empty_fallback():
     assert Template.parse("Hi {FirstName|}!").blank_fields({"FirstName": ""}) == ["FirstName"]
 
 
-# ------------------------------------------------------------------ lone surrogates
+# ------------------------------------------------------------------ blank text and lone surrogates
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "\t\r\n", "\u00a0\u2003\u3000", "\u200b", "\ufeff", "\u2060\u200c\u200d", "\u00ad",
+    "\u200e\u200f\u202e", "\u3164\u115f\u1160\uffa0", "\u2800", "\ufe0f", "\U000e0041", "\x00\x1b",
+])
+def test_is_blank(text):
+    assert is_blank(text) is True
+
+
+@pytest.mark.parametrize("text", [
+    "a", "\u200bx", ".", "\U0001F44B", "\u0301", "{FirstName}", "\u4e2d", "\u200b\u2800!",
+])
+def test_is_not_blank(text):
+    assert is_blank(text) is False
 
 
 @pytest.mark.parametrize("text, position", [
