@@ -29,7 +29,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
         ([("run_id", 1), ("to", 1)], {}),
     ],
     "callbacks": [([("tenant_id", 1), ("message_id", 1)], {})],
-    "optouts": [([("tenant_id", 1), ("number", 1)], {})],
+    "optouts": [([("tenant_id", 1), ("number", 1)], {}), ([("tenant_id", 1), ("opted_out_at", -1)], {})],
     "notifications": [([("tenant_id", 1), ("created_at", -1)], {})],
     "usage": [([("tenant_id", 1), ("day", 1)], {})],
 }

@@ -15,6 +15,7 @@ from services.gateway.auth import COOKIE_NAME, login_required, sign_in
 from services.gateway.editing import CampaignEditor, preview_notes
 from services.gateway.errors import InvalidInput
 from services.gateway.json_body import read_json_object
+from services.gateway.opt_outs import list_opt_outs
 from services.gateway.preview import CampaignPreview
 from services.gateway.tenant_settings import change_settings
 
@@ -175,6 +176,14 @@ def list_run_messages(run_id: str):
     """Return a run's texts by number, with whether and how each was logged in iMIS (`offset`, `limit`)."""
     page = load_query(schemas.MessagesQuery())
     return schemas.MessagesOut().dump(_ctx().campaigns.run_messages(g.tenant_id, run_id, **page))
+
+
+@api.get("/opt-outs")
+@requires_session
+def read_opt_outs():
+    """Return the organisation's opted-out numbers, latest first, masked to their last 4 digits (`offset`, `limit`)."""
+    page = load_query(schemas.OptOutsQuery())
+    return schemas.OptOutsOut().dump(list_opt_outs(_ctx().runtime.db, g.tenant_id, **page))
 
 
 @api.get("/settings")

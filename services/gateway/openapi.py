@@ -28,6 +28,8 @@ OPERATIONS = [
     ("get", "/api/runs/{run_id}", "A run's counts and skipped rows", None, 200, None),
     ("get", "/api/runs/{run_id}/messages", "A run's texts, with whether and how each was logged in iMIS", None,
      200, "MessagesOut"),
+    ("get", "/api/opt-outs", "Opted-out numbers, latest first, masked to their last 4 digits", None, 200,
+     "OptOutsOut"),
     ("get", "/api/settings", "The organisation's settings", None, 200, "SettingsOut"),
     ("put", "/api/settings", "Change settings or the administrator list (administrators only)", "SettingsIn", 200,
      "SettingsOut"),
@@ -60,6 +62,7 @@ OPERATION_ERRORS = {
 QUERY_SCHEMAS = {
     ("get", "/api/runs/{run_id}"): "RunQuery",
     ("get", "/api/runs/{run_id}/messages"): "MessagesQuery",
+    ("get", "/api/opt-outs"): "OptOutsQuery",
     ("get", "/api/notices"): "NoticesQuery",
 }
 RETRY_AFTER_HEADER = {"Retry-After": {"description": "seconds until sign-in is possible again",

@@ -6,8 +6,10 @@ from marshmallow import Schema, ValidationError, fields, validate, validates, va
 
 from libs.common.imis_log import TEXT_LOG_MODES
 from libs.common.phones import (
+    SHOWN_DIGITS,
     is_sender_short_code,
     is_valid_country,
+    mask_number,
     sender_number_problem,
 )
 from libs.common.texts import MAX_BODY_CHARS, Template, TemplateError, is_blank, measure
@@ -319,6 +321,28 @@ class MessagesQuery(PageQuery):
 
 class RunQuery(PageQuery):
     """Query string of `GET /api/runs/{run_id}`, which pages the skipped rows."""
+
+
+class OptOutsQuery(PageQuery):
+    """Query string of `GET /api/opt-outs`."""
+
+
+class OptOutOut(Schema):
+    """One opted-out number. The number is masked here, so no view can return it whole."""
+
+    number = fields.Function(lambda optout: mask_number(optout["number"]), metadata={
+        "description": f"the number with all but its last {SHOWN_DIGITS} digits replaced by *"})
+    opted_out_at = fields.DateTime()
+    source = fields.String(metadata={"description": (
+        "inbound-stop (the member replied STOP), twilio-callback (a status callback reported error 21610, or "
+        "30004 on a toll-free sender) or twilio-<code> (Twilio refused a text with that error code)")})
+    members = fields.Function(lambda optout: len(optout.get("member_ids", [])), metadata={
+        "description": "how many iMIS members were texted at this number"})
+
+
+class OptOutsOut(Schema):
+    opt_outs = fields.List(fields.Nested(OptOutOut))
+    total = fields.Integer()
 
 
 class ImisLogOut(Schema):

@@ -159,7 +159,7 @@ def run_id(runtime) -> str:
     return "r1"
 
 
-@pytest.mark.parametrize("path", ["/api/runs/r1", "/api/runs/r1/messages"])
+@pytest.mark.parametrize("path", ["/api/runs/r1", "/api/runs/r1/messages", "/api/opt-outs"])
 @pytest.mark.parametrize("query, parameter", [
     ("limit=abc", "limit"),
     ("limit=0", "limit"),
@@ -180,7 +180,7 @@ def test_invalid_query_is_422(client, run_id, path, query, parameter):
     assert list(body["details"]["fields"]) == [parameter]
 
 
-@pytest.mark.parametrize("path", ["/api/runs/r1", "/api/runs/r1/messages"])
+@pytest.mark.parametrize("path", ["/api/runs/r1", "/api/runs/r1/messages", "/api/opt-outs"])
 def test_valid_query_accepted(client, run_id, path):
     test_client, _ = client
 
