@@ -7,9 +7,11 @@ installs Selenium.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,8 +19,12 @@ import pytest
 import requests
 
 from libs.common.clock import FakeClock
+from libs.common.progress import wake_deferred
 from local import demo_data
 from local.stack import DEMO_CLOUD_ID, Stack
+from services.gateway.dashboard import Dashboard
+from services.gateway.preview import CampaignPreview
+from services.scheduler.recurrence import Rule
 from tests.conftest import wait_until
 
 try:
@@ -246,6 +252,7 @@ def test_campaign_end_to_end(stack, browser):
              == demo_data.DEMO_SKIPPED_COUNT + demo_data.DEMO_DUPLICATE_COUNT, "every skipped row shows")
     reasons = set(texts_of(browser, "#skipped-rows td.reason"))
     counts = dict(zip(texts_of(browser, "[data-count]", "data-count"), texts_of(browser, "[data-count]")))
+    skipped_summary, undeliverable_summary = text_of(browser, "#skipped-summary"), text_of(browser, "#undeliverable-summary")
     imis_logs, imis_log_texts = texts_panel_after_logging(browser, stack, campaign_id)
 
     browser.find_element(By.CSS_SELECTOR, "[data-nav=home]").click()
@@ -258,6 +265,15 @@ def test_campaign_end_to_end(stack, browser):
     assert reasons == {"duplicate number", "invalid number", "no number"}
     assert counts == {name: f"{run_counts[name]:,}" for name in counts}
     assert counts["recipients"] == "237"
+    undeliverable = len(demo_data.DEMO_UNDELIVERED)
+    skipped_rows = demo_data.DEMO_SKIPPED_COUNT + demo_data.DEMO_DUPLICATE_COUNT
+    assert counts["undeliverable"] == str(undeliverable)
+    assert counts["skipped"] == str(skipped_rows)
+    assert counts["cancelled"] == "0"
+    assert skipped_summary.startswith(f"{skipped_rows} IQA rows were set aside before sending and not texted (")
+    assert undeliverable_summary.startswith(f"Twilio accepted {undeliverable} texts and then reported them "
+                                            f"undeliverable (landline or unreachable carrier: {undeliverable}).")
+    assert f"{undeliverable} undeliverable" in text_of(browser, "[data-figure=lifetime] + .figure-note")
     assert text_of(browser, "[data-figure=texts_sent_today]") == str(accepted)
     assert text_of(browser, "[data-figure=texts_sent_this_month]") == str(accepted)
     assert text_of(browser, "[data-figure=daily_limit]") == f"{accepted} / 3,000"
@@ -322,6 +338,216 @@ def test_preview(stack, browser):
     assert samples
     assert all("this is a preview." in sample for sample in samples)
     assert not any("{FirstName" in sample for sample in samples)
+
+
+# ------------------------------------------------------------------ sending again, recurring schedules, daily limit
+
+
+def open_campaign(driver, stack: Stack, campaign_id: str) -> None:
+    driver.get(f"{stack.gateway_url}/#/campaigns/{campaign_id}")
+    wait_for(driver, lambda d: text_of(d, ".title-badges .badge"), "the campaign page shows")
+
+
+def badge_is(status: str):
+    return lambda driver: text_of(driver, ".title-badges .badge") == status
+
+
+def accept_confirm_dialogs(driver) -> None:
+    """Answer yes to every window.confirm on this page, as staff who click OK would."""
+    driver.execute_script("window.confirm = () => true;")
+
+
+def preview_recipients(stack: Stack, campaign_id: str) -> int:
+    runtime = stack.runtime
+    preview = CampaignPreview(runtime.db, tenants=runtime.tenants, imis_factory=runtime.imis, clock=runtime.clock)
+    return preview.build(DEMO_CLOUD_ID, campaign_id)["recipients"]
+
+
+def insert_completed_campaign(stack: Stack, name: str, sent: int = 233) -> str:
+    """Store a campaign whose one run completed, as the services leave it."""
+    campaign_id, run_id = uuid.uuid4().hex, uuid.uuid4().hex
+    db = stack.runtime.db
+    db.runs.insert_one({"_id": run_id, "tenant_id": DEMO_CLOUD_ID, "campaign_id": campaign_id, "status": "completed",
+                        "due_at": START, "expanded": True,
+                        "counts": {"recipients": sent, "sent": sent, "delivered": sent, "done": sent}})
+    db.campaigns.insert_one({"_id": campaign_id, "tenant_id": DEMO_CLOUD_ID, "name": name, "body": "Hello.",
+                             "iqa_path": demo_data.DEMO_QUERY_PATH, "email": "", "phone_column": "Mobile",
+                             "id_column": "ID", "smart_encoding": False, "status": "completed", "created_at": START,
+                             "updated_at": START, "current_run_id": run_id})
+    return campaign_id
+
+
+@pytest.mark.slow
+def test_send_again_confirms(stack, browser):
+    signed_in(browser, stack)
+    campaign_id = create_campaign(browser, "Sent twice", "Hello {FirstName|member}, a second reminder.")
+    browser.find_element(By.ID, "send-now").click()
+    wait_for(browser, badge_is("completed"), "the first run completes", timeout_s=120)
+    first_sent = stack.runtime.db.runs.find_one({"campaign_id": campaign_id})["counts"]["sent"]
+
+    wait_for(browser, lambda d: d.find_element(By.ID, "send-now").is_displayed(), "Send again shows")
+    hint = text_of(browser, "#send-again-hint")
+    browser.find_element(By.ID, "send-now").click()
+    wait_for(browser, lambda d: "The query returns" in text_of(d, "#resend-count"), "the confirmation counts")
+    question = text_of(browser, "#resend-count")
+    button = text_of(browser, "#confirm-resend")
+    browser.find_element(By.ID, "cancel-resend").click()
+    wait_for(browser, lambda d: not text_of(d, "#resend-confirm"), "the confirmation closes")
+    runs_after_no = stack.runtime.db.runs.count_documents({"campaign_id": campaign_id})
+
+    browser.find_element(By.ID, "send-now").click()
+    wait_for(browser, lambda d: text_of(d, "#confirm-resend").startswith("Send again to "), "the count shows again")
+    browser.find_element(By.ID, "confirm-resend").click()
+    wait_for(browser, lambda d: stack.runtime.db.runs.count_documents({"campaign_id": campaign_id}) == 2,
+             "a second run starts")
+    wait_for(browser, badge_is("completed"), "the second run completes", timeout_s=120)
+
+    expected = preview_recipients(stack, campaign_id)
+    assert first_sent > 0
+    assert f"{first_sent} texts sent before" in hint
+    assert f"The query returns {expected} members who can get a text now" in question
+    assert f"Earlier runs of this campaign sent {first_sent} texts." in question
+    assert button == f"Send again to {expected} members"
+    assert runs_after_no == 1
+    assert text_of(browser, "#send-panel .form-error") == ""
+    assert script_errors(browser) == []
+
+
+def test_cancelled_before_send_sends(stack, browser):
+    """A campaign cancelled before its send time sent nothing, so it sends again without a confirmation."""
+    signed_in(browser, stack)
+    campaign_id = insert_completed_campaign(stack, "Cancelled before its time", sent=0)
+    stack.runtime.db.runs.update_one({"campaign_id": campaign_id}, {"$set": {"status": "cancelled"}})
+    stack.runtime.db.campaigns.update_one({"_id": campaign_id}, {"$set": {"status": "cancelled"}})
+    open_campaign(browser, stack, campaign_id)
+    banner = text_of(browser, "#campaign-banner")
+    hint = text_of(browser, "#send-again-hint")
+
+    browser.find_element(By.ID, "send-now").click()
+    wait_for(browser, lambda d: stack.runtime.db.runs.count_documents({"campaign_id": campaign_id}) == 2,
+             "a second run starts")
+    wait_for(browser, badge_is("completed"), "the second run completes", timeout_s=120)
+
+    assert banner == "This campaign was cancelled before any text went out."
+    assert hint.startswith("No text of this campaign went out yet")
+    assert text_of(browser, "#resend-confirm") == ""
+    assert "already sent" not in text_of(browser, "#send-panel .form-error")
+    assert script_errors(browser) == []
+
+
+def test_repeat_weekly_then_stop(stack, browser):
+    signed_in(browser, stack)
+    campaign_id = create_campaign(browser, "Weekly reminder", "A weekly reminder for {FirstName|member}.")
+    browser.find_element(By.CSS_SELECTOR, "#repeat-option summary").click()
+    form = wait_for(browser, lambda d: d.find_element(By.ID, "schedule-form"), "the schedule form shows")
+    browser.find_element(By.CSS_SELECTOR, "#schedule-freq option[value=weekly]").click()
+    for day in ("mon", "thu"):
+        form.find_element(By.CSS_SELECTOR, f"input[name=weekdays][value={day}]").click()
+    # Typing into time and date inputs depends on the browser's locale, so the test sets the values.
+    browser.execute_script("document.getElementById('schedule-time').value = '09:30';"
+                           "document.getElementById('schedule-start').value = '2027-03-15';"
+                           "document.getElementById('schedule-form').dispatchEvent(new Event('input'));")
+    summary = text_of(browser, "#schedule-summary")
+    browser.find_element(By.ID, "set-schedule").click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#schedule-upcoming li")) == 5,
+             "the next occurrences show")
+    stored = stack.runtime.db.campaigns.find_one({"_id": campaign_id})
+    later = (moment for moment in Rule.from_dict(stored["schedule"]).occurrences()
+             if moment >= stored["next_occurrence"])
+    expected = [moment.isoformat() for moment in itertools.islice(later, 5)]
+    shown = texts_of(browser, "#schedule-upcoming li", "data-occurrence")
+    rule = text_of(browser, "#schedule-rule")
+    buttons = {name: browser.find_element(By.ID, name).is_displayed() for name in ("cancel", "pause", "stop-schedule")}
+
+    accept_confirm_dialogs(browser)
+    browser.find_element(By.ID, "stop-schedule").click()
+    wait_for(browser, badge_is("draft"), "the campaign is a draft again")
+    stopped = stack.runtime.db.campaigns.find_one({"_id": campaign_id})
+
+    assert summary.startswith("Every Monday and Thursday at 9:30")
+    assert rule.startswith("Every Monday and Thursday at 9:30")
+    assert "(America/New_York), from March 15, 2027, with no end date." in rule
+    assert stored["schedule"]["tz"] == "America/New_York"
+    assert stored["schedule"]["weekdays"] == ["mon", "thu"]
+    assert shown == expected
+    assert buttons == {"cancel": False, "pause": False, "stop-schedule": True}
+    assert stopped["schedule_active"] is False
+    assert stopped["schedule"] == stored["schedule"]
+    assert text_of(browser, "#schedule-state") == "Stopped: no more texts go out on this schedule."
+    assert not browser.find_element(By.ID, "stop-schedule").is_displayed()
+    assert script_errors(browser) == []
+
+
+def test_repeat_form_checks_weekdays(stack, browser):
+    signed_in(browser, stack)
+    campaign_id = create_campaign(browser, "No weekday", "Hello.")
+    browser.find_element(By.CSS_SELECTOR, "#repeat-option summary").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "schedule-form"), "the schedule form shows")
+    browser.find_element(By.CSS_SELECTOR, "#schedule-freq option[value=weekly]").click()
+
+    browser.find_element(By.ID, "set-schedule").click()
+    error = wait_for(browser, lambda d: text_of(d, "[data-field=weekdays] .field-error"), "the weekday error shows")
+
+    assert error == "Tick at least one day of the week."
+    assert stack.runtime.db.campaigns.find_one({"_id": campaign_id}).get("schedule") is None
+
+
+def test_stop_repeating_keeps_completed(stack, browser):
+    """Repeating a completed campaign and stopping again leaves it completed, with its counts."""
+    signed_in(browser, stack)
+    campaign_id = insert_completed_campaign(stack, "Completed, then repeated")
+    open_campaign(browser, stack, campaign_id)
+    wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#repeat-option summary"), "Send again shows").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "set-schedule"), "the schedule form shows").click()
+    wait_for(browser, badge_is("scheduled"), "the campaign repeats")
+    repeats = text_of(browser, "#repeats-tag")
+
+    accept_confirm_dialogs(browser)
+    browser.find_element(By.ID, "stop-schedule").click()
+    wait_for(browser, badge_is("completed"), "the campaign is completed again")
+
+    assert repeats == "repeats"
+    assert text_of(browser, "[data-count=sent]") == "233"
+    assert stack.runtime.db.campaigns.find_one({"_id": campaign_id})["status"] == "completed"
+    assert script_errors(browser) == []
+
+
+def deferred_banner(driver, stack: Stack, campaign_id: str) -> tuple[int, str] | None:
+    """Return the texts waiting for the daily limit and the banner, once every other text is final and the banner shows them."""
+    db = stack.runtime.db
+    run = db.runs.find_one({"campaign_id": campaign_id})
+    if run is None or not run.get("expanded"):
+        return None
+    deferred = db.messages.count_documents({"run_id": run["_id"], "status": "deferred"})
+    if deferred + run["counts"].get("done", 0) < run["counts"]["recipients"]:
+        return None
+    banner = text_of(driver, "#deferred-banner")
+    return (deferred, banner) if banner.startswith(f"{deferred} texts wait") else None
+
+
+@pytest.mark.slow
+def test_daily_limit_wait_shown(stack, browser):
+    tenant = stack.runtime.tenants.get(DEMO_CLOUD_ID)
+    used = Dashboard(stack.runtime.db, stack.runtime.clock).summary(tenant)["daily_limit"]["used"]
+    stack.runtime.tenants.update(DEMO_CLOUD_ID, {"daily_limit": used + 5})
+    try:
+        signed_in(browser, stack)
+        campaign_id = create_campaign(browser, "Over the limit", "Hello {FirstName|member}.")
+        browser.find_element(By.ID, "send-now").click()
+        deferred, banner = wait_for(browser, lambda d: deferred_banner(d, stack, campaign_id),
+                                    "every text is sent or waits, and the page says how many wait")
+        waiting_row = text_of(browser, "#run-details")
+    finally:
+        stack.runtime.tenants.update(DEMO_CLOUD_ID, {"daily_limit": 3000})
+        wake_deferred(stack.runtime.db, DEMO_CLOUD_ID)
+    wait_for(browser, badge_is("completed"), "the held texts go out after the limit is raised", timeout_s=120)
+
+    assert deferred > 0
+    assert banner.startswith(f"{deferred} texts wait for the daily limit; they go out after midnight "
+                             "(America/New_York time) or when an administrator raises the limit in Settings.")
+    assert f"Waiting for the daily limit\n{deferred}" in waiting_row
+    assert not browser.find_element(By.ID, "deferred-banner").is_displayed()
+    assert script_errors(browser) == []
 
 
 # ------------------------------------------------------------------ editor

@@ -6,6 +6,7 @@ import { renderCampaignEditor } from "./campaign-editor.js";
 import { renderCampaignList } from "./campaign-list.js";
 import { renderDashboard } from "./dashboard.js";
 import { clearErrors, showError, showMessage, whileBusy } from "./forms.js";
+import { forgetOrganisation } from "./organisation.js";
 import { renderSettings } from "./settings.js";
 
 // Hash routes: pattern, page renderer, and which left-navigation entry it belongs to.
@@ -77,6 +78,7 @@ function showSignedIn(session) {
 
 function showSignIn(message) {
   app.session = null;
+  forgetOrganisation();
   if (app.page) app.page.close();
   app.page = null;
   document.getElementById("loading").hidden = true;

@@ -1,9 +1,13 @@
-// One campaign: counts, Pause / Resume / Cancel, archive, sending, the run's error, skipped rows and texts.
+// One campaign: counts, Pause / Resume / Cancel, Stop repeating, archive, sending, the recurring
+// schedule, the run's error, texts waiting for the daily limit, skipped rows and texts.
 
 import { callApi } from "./api.js";
+import { buildSchedulePanel, describeRule } from "./campaign-schedule.js";
 import { buildSendPanel } from "./campaign-send.js";
-import { el, fill, formatDateTime, formatNumber, statusBadge } from "./dom.js";
+import { COUNTS } from "./counts.js";
+import { el, fill, formatDateTime, formatInZone, formatNumber, plural, statusBadge } from "./dom.js";
 import { errorBox, showError, clearErrors, whileBusy } from "./forms.js";
+import { organisationTimeZone } from "./organisation.js";
 import { buildPreviewPanel } from "./preview.js";
 import { buildRunReport } from "./run-report.js";
 import { buildRunTexts } from "./run-texts.js";
@@ -12,15 +16,8 @@ const REFRESH_MS = 2000;
 const LIVE_STATUSES = ["sending", "paused", "scheduled"];
 const SENDABLE_STATUSES = ["draft", "completed", "cancelled", "failed"];
 const ARCHIVABLE_STATUSES = ["completed", "cancelled", "failed", "draft"];
-
-const COUNTS = [
-  ["recipients", "Recipients"],
-  ["sent", "Sent"],
-  ["delivered", "Delivered"],
-  ["failed", "Failed"],
-  ["opted_out", "Opted out"],
-  ["skipped", "Skipped"],
-];
+// Run statuses in which a run can still be cancelled, from due to paused.
+const ACTIVE_RUN_STATUSES = ["due", "publishing", "queued", "expanding", "sending", "paused"];
 
 export function renderCampaignDetail(container, { page, params }) {
   const [campaignId] = params;
@@ -47,7 +44,7 @@ export function renderCampaignDetail(container, { page, params }) {
       view.pageError.hidden = false;
       if (error.status === 404) return;
     }
-    if (!state.campaign || LIVE_STATUSES.includes(state.campaign.status)) refreshSoon();
+    if (!state.campaign || isLive(state.campaign)) refreshSoon();
   }
 
   function show(campaign) {
@@ -59,7 +56,7 @@ export function renderCampaignDetail(container, { page, params }) {
     state.renderedJson = renderedJson;
     render(view, campaign, state.archived);
     const run = campaign.current_run;
-    const runKey = run ? `${run.id}:${run.status}:${run.counts.skipped}` : null;
+    const runKey = run ? `${run.id}:${run.status}:${run.counts.skipped}:${run.counts.undeliverable}` : null;
     if (runKey !== state.runKey) {
       state.runKey = runKey;
       if (run) {
@@ -69,15 +66,13 @@ export function renderCampaignDetail(container, { page, params }) {
     }
   }
 
-  async function act(action, confirmText) {
+  async function act(call, confirmText) {
     if (confirmText && !window.confirm(confirmText)) return;
     await whileBusy(view.actions, async () => {
       try {
-        const result = await callApi("POST", `/api/campaigns/${campaignId}/${action}`);
+        await call();
         clearErrors(view.actions);
-        if (action === "archive" || action === "unarchive") state.archived = result.archived;
-        show(result);
-        if (LIVE_STATUSES.includes(result.status)) refreshSoon();
+        if (isLive(state.campaign)) refreshSoon();
       } catch (error) {
         showError(view.actions, error);
       }
@@ -85,21 +80,49 @@ export function renderCampaignDetail(container, { page, params }) {
     updateButtons(view, state.campaign, state.archived);
   }
 
-  view.buttons.pause.addEventListener("click", () => act("pause"));
-  view.buttons.resume.addEventListener("click", () => act("resume"));
-  view.buttons.cancel.addEventListener("click", () => act("cancel",
-    "Cancel this campaign? Texts not sent yet will not be sent. This cannot be undone."));
-  view.buttons.archive.addEventListener("click", () => act("archive"));
-  view.buttons.unarchive.addEventListener("click", () => act("unarchive"));
+  const post = (action) => async () => {
+    const result = await callApi("POST", `/api/campaigns/${campaignId}/${action}`);
+    if (action === "archive" || action === "unarchive") state.archived = result.archived;
+    show(result);
+  };
+  async function stopRepeating() {
+    await callApi("DELETE", `/api/campaigns/${campaignId}/schedule`);
+    show(await callApi("GET", `/api/campaigns/${campaignId}`));
+  }
+
+  view.buttons.pause.addEventListener("click", () => act(post("pause")));
+  view.buttons.resume.addEventListener("click", () => act(post("resume")));
+  view.buttons.cancel.addEventListener("click", () => act(post("cancel"), cancelQuestion(state.campaign)));
+  view.buttons.stopSchedule.addEventListener("click", () => act(stopRepeating,
+    "Stop repeating this campaign? No more texts go out on its schedule; a run under way goes on."));
+  view.buttons.archive.addEventListener("click", () => act(post("archive")));
+  view.buttons.unarchive.addEventListener("click", () => act(post("unarchive")));
   view.onSent = (campaign) => {
     show(campaign);
     refreshSoon();
   };
+  view.onScheduleChanged = () => refresh();
 
-  callApi("GET", "/api/archive")
+  const archived = callApi("GET", "/api/archive")
     .then((archive) => { state.archived = archive.campaigns.some((campaign) => campaign.id === campaignId); })
-    .catch(() => {})
-    .finally(refresh);
+    .catch(() => {});
+  const zone = organisationTimeZone().then((timeZone) => { view.timeZone = timeZone; });
+  Promise.all([archived, zone]).finally(refresh);
+}
+
+function isLive(campaign) {
+  return LIVE_STATUSES.includes(campaign.status) || Boolean(campaign.schedule_active);
+}
+
+function runIsActive(campaign) {
+  return Boolean(campaign && campaign.current_run && ACTIVE_RUN_STATUSES.includes(campaign.current_run.status));
+}
+
+function cancelQuestion(campaign) {
+  if (campaign && campaign.schedule_active) {
+    return "Cancel this run? Texts not sent yet will not be sent. The schedule goes on: use Stop repeating to end it.";
+  }
+  return "Cancel this campaign? Texts not sent yet will not be sent. This cannot be undone.";
 }
 
 function buildView(campaignId) {
@@ -107,20 +130,22 @@ function buildView(campaignId) {
     pause: el("button", { type: "button", className: "button", id: "pause" }, "Pause"),
     resume: el("button", { type: "button", className: "button", id: "resume" }, "Resume"),
     cancel: el("button", { type: "button", className: "button button-danger", id: "cancel" }, "Cancel"),
+    stopSchedule: el("button", { type: "button", className: "button button-danger", id: "stop-schedule" },
+                     "Stop repeating"),
     archive: el("button", { type: "button", className: "button button-quiet", id: "archive" }, "Archive"),
     unarchive: el("button", { type: "button", className: "button button-quiet", id: "unarchive" }, "Unarchive"),
   };
   const preview = buildPreviewPanel(campaignId);
   const actions = el("form", { className: "actions", id: "campaign-actions" },
     el("div", { className: "action-buttons" }, preview.button, buttons.pause, buttons.resume, buttons.cancel,
-       buttons.archive, buttons.unarchive),
+       buttons.stopSchedule, buttons.archive, buttons.unarchive),
     errorBox());
   actions.addEventListener("submit", (event) => event.preventDefault());
 
   const counts = {};
-  const countCards = el("div", { className: "cards count-cards", id: "campaign-counts" }, COUNTS.map(([name, label]) => {
+  const countCards = el("div", { className: "cards count-cards", id: "campaign-counts" }, COUNTS.map(([name, label, help]) => {
     counts[name] = el("span", { className: "figure-value", "data-count": name }, "–");
-    return el("div", { className: "card figure" }, el("h3", {}, label), counts[name]);
+    return el("div", { className: "card figure", title: help }, el("h3", {}, label), counts[name]);
   }));
   const progress = el("progress", { className: "send-progress", max: 1, value: 0, "aria-label": "Texts sent" });
   const progressLabel = el("p", { className: "hint" });
@@ -132,20 +157,25 @@ function buildView(campaignId) {
     pageError: el("div", { className: "page-error", role: "alert", hidden: true }),
     runError: el("div", { className: "banner banner-error", role: "alert", id: "run-error", hidden: true }),
     banner: el("div", { className: "banner", id: "campaign-banner", hidden: true }),
+    deferredBanner: el("div", { className: "banner", id: "deferred-banner", role: "status", hidden: true }),
     sendSlotTop: el("div"),
     sendSlotBottom: el("div"),
     details: el("dl", { className: "details" }),
     runDetails: el("dl", { className: "details", id: "run-details" }),
+    schedule: buildSchedulePanel(() => view.onScheduleChanged()),
     report: buildRunReport(),
     texts: buildRunTexts(),
     onSent: () => {},
+    onScheduleChanged: () => {},
+    timeZone: "",
   };
   view.root = el("div", { className: "campaign-detail" },
     el("p", { className: "breadcrumb" }, el("a", { href: "#/campaigns" }, "Campaigns")),
     el("div", { className: "page-header" }, el("div", { className: "title-line" }, view.title, view.badges), actions),
-    view.pageError, view.runError, view.banner,
+    view.pageError, view.runError, view.banner, view.deferredBanner,
     countCards, progress, progressLabel,
     view.sendSlotTop,
+    view.schedule.panel,
     preview.panel,
     el("div", { className: "two-columns" },
        el("section", { className: "panel" }, el("h2", {}, "Campaign"), view.details),
@@ -158,18 +188,24 @@ function buildView(campaignId) {
 
 function render(view, campaign, archived) {
   fill(view.title, campaign.name);
-  fill(view.badges, statusBadge(campaign.status), archived ? el("span", { className: "tag" }, "archived") : null);
+  fill(view.badges, statusBadge(campaign.status),
+       campaign.schedule_active ? el("span", { className: "tag", id: "repeats-tag" }, "repeats") : null,
+       archived ? el("span", { className: "tag" }, "archived") : null);
   for (const [name] of COUNTS) fill(view.counts[name], formatNumber(campaign.counts[name]));
   renderProgress(view, campaign);
 
   renderProblems(view, campaign);
+  renderDeferred(view, campaign.current_run);
   renderSendSlot(view, campaign, archived);
+  view.schedule.show(campaign);
   fillDetails(view.details, [
     ["Message", el("pre", { className: "message-body" }, campaign.body)],
     ["Recipients (IQA path)", campaign.iqa_path],
     ["Mobile / ID columns", `${campaign.phone_column} / ${campaign.id_column}`],
     ["Campaign e-mail", campaign.email || "not set"],
     ["Smart Encoding", campaign.smart_encoding ? "on" : "off"],
+    ["Repeats", campaign.schedule ? `${describeRule(campaign.schedule)}${campaign.schedule_active ? "" : " Stopped."}`
+                                  : "no"],
     ["Created", formatDateTime(campaign.created_at)],
   ]);
   renderRun(view, campaign.current_run);
@@ -179,12 +215,12 @@ function render(view, campaign, archived) {
 function renderProgress(view, campaign) {
   const { recipients, sent } = campaign.counts;
   const run = campaign.current_run;
-  const live = LIVE_STATUSES.includes(campaign.status);
+  const live = runIsActive(campaign);
   view.progress.max = Math.max(recipients, 1);
   view.progress.value = Math.min(sent, recipients);
   view.progress.hidden = !run || recipients === 0;
   let label = "";
-  if (run && live && recipients === 0) label = campaign.status === "scheduled" ? "" : "Reading the recipients from iMIS…";
+  if (run && live && recipients === 0) label = run.status === "due" ? "" : "Reading the recipients from iMIS…";
   else if (run && live) label = `${formatNumber(sent)} of ${formatNumber(recipients)} recipients sent so far.`;
   else if (run) label = `${formatNumber(sent)} of ${formatNumber(recipients)} recipients were sent a text.`;
   fill(view.progressLabel, label);
@@ -203,22 +239,56 @@ function renderProblems(view, campaign) {
     view.runError.hidden = true;
   }
 
-  const banners = {
-    paused: "Sending is paused. Texts not sent yet wait until you resume; see Recent problems on the Home page for the reason.",
-    scheduled: run ? `Scheduled to send at ${formatDateTime(run.due_at)}.` : "Scheduled.",
-    cancelled: "This campaign was cancelled. Texts that had not gone out were not sent.",
-  };
-  view.banner.hidden = !banners[campaign.status];
-  fill(view.banner, banners[campaign.status] || "");
+  const text = bannerText(campaign, view.timeZone);
+  view.banner.hidden = !text;
+  fill(view.banner, text);
+}
+
+function bannerText(campaign, timeZone) {
+  const run = campaign.current_run;
+  if (campaign.schedule_active) {
+    const next = campaign.next_occurrence
+      ? `next at ${formatInZone(new Date(campaign.next_occurrence), timeZone)}${timeZone ? ` (${timeZone})` : ""}`
+      : "no time left";
+    const occurrence = runIsActive(campaign) ? " A run of the schedule is under way." : "";
+    return `Repeats on a schedule, ${next}; see Repeats below.${occurrence}`;
+  }
+  if (campaign.status === "paused") {
+    return "Sending is paused. Texts not sent yet wait until you resume; see Recent problems on the Home page for the reason.";
+  }
+  if (campaign.status === "scheduled") return run ? `Scheduled to send at ${formatDateTime(run.due_at)}.` : "Scheduled.";
+  if (campaign.status === "cancelled") {
+    return campaign.counts.sent > 0 ? "This campaign was cancelled. Texts that had not gone out were not sent."
+                                    : "This campaign was cancelled before any text went out.";
+  }
+  return "";
+}
+
+/** Say how many texts wait for the daily limit, and when they go out. */
+async function renderDeferred(view, run) {
+  const waiting = run && run.deferred ? run.deferred : 0;
+  const zone = waiting ? await organisationTimeZone() : "";
+  view.deferredBanner.hidden = !waiting;
+  if (!waiting) return;
+  const texts = plural(waiting, "text");
+  const verb = waiting === 1 ? "waits" : "wait";
+  // Raising the limit moves the texts' release time to the past, and the scheduler sends them at its next tick.
+  if (run.deferred_until && new Date(run.deferred_until) <= new Date()) {
+    fill(view.deferredBanner, `${texts} ${verb} for the daily limit. The limit was raised, so they go out within moments; any that still do not fit wait for midnight.`);
+    return;
+  }
+  const midnight = zone ? `after midnight (${zone} time)` : "after midnight in the organisation's time zone";
+  fill(view.deferredBanner, `${texts} ${verb} for the daily limit; they go out ${midnight} or when an administrator raises the limit in Settings.`);
 }
 
 // A draft's send panel comes first; a finished campaign's "Send again" comes after its results.
+// A campaign that repeats shows its schedule instead, until the schedule stops.
 function renderSendSlot(view, campaign, archived) {
-  const sendable = SENDABLE_STATUSES.includes(campaign.status) && !archived;
-  const key = sendable ? `${campaign.id}:${campaign.status}` : "";
+  const sendable = SENDABLE_STATUSES.includes(campaign.status) && !archived && !campaign.schedule_active;
+  const key = sendable ? `${campaign.id}:${campaign.status}:${campaign.counts.sent > 0}` : "";
   if (view.sendSlotTop.dataset.key === key) return;
   view.sendSlotTop.dataset.key = key;
-  const panel = sendable ? buildSendPanel(campaign, view.onSent) : null;
+  const panel = sendable ? buildSendPanel(campaign, view.onSent, view.onScheduleChanged) : null;
   fill(view.sendSlotTop, campaign.status === "draft" ? panel : null);
   fill(view.sendSlotBottom, campaign.status === "draft" ? null : panel);
 }
@@ -231,21 +301,24 @@ function renderRun(view, run) {
   fillDetails(view.runDetails, [
     ["Status", el("span", { "data-run-status": run.status }, run.status)],
     ["Due at", formatDateTime(run.due_at)],
+    run.recurring ? ["Started by", "the recurring schedule"] : null,
     ["Segments", run.segments === undefined ? "counted when the recipients are read" : formatNumber(run.segments)],
+    run.deferred ? ["Waiting for the daily limit", formatNumber(run.deferred)] : null,
     ["Run ID", el("code", {}, run.id)],
-  ]);
+  ].filter(Boolean));
 }
 
 function updateButtons(view, campaign, archived) {
   const { buttons } = view;
   const status = campaign ? campaign.status : "";
-  const live = LIVE_STATUSES.includes(status);
-  buttons.pause.hidden = !live;
-  buttons.resume.hidden = !live;
-  buttons.cancel.hidden = !live;
+  const running = runIsActive(campaign);
+  buttons.pause.hidden = !running;
+  buttons.resume.hidden = !running;
+  buttons.cancel.hidden = !running;
   buttons.pause.disabled = status !== "sending";
   buttons.resume.disabled = status !== "paused";
-  buttons.cancel.disabled = !live;
+  buttons.cancel.disabled = !running;
+  buttons.stopSchedule.hidden = !(campaign && campaign.schedule_active);
   buttons.archive.hidden = archived || !ARCHIVABLE_STATUSES.includes(status);
   buttons.unarchive.hidden = !archived;
 }

@@ -1,6 +1,7 @@
 // The campaign list: stage filters, counts, and a refresh every 2 s while anything is in process.
 
 import { callApi } from "./api.js";
+import { COUNTS } from "./counts.js";
 import { el, fill, formatDateTime, formatNumber, statusBadge } from "./dom.js";
 
 const IN_PROCESS_REFRESH_MS = 2000;
@@ -16,14 +17,7 @@ const FILTERS = [
   ["archived", "Archived"],
 ];
 
-const COLUMNS = [
-  ["recipients", "Recipients"],
-  ["sent", "Sent"],
-  ["delivered", "Delivered"],
-  ["failed", "Failed"],
-  ["opted_out", "Opted out"],
-  ["skipped", "Skipped"],
-];
+const COLUMNS = COUNTS;
 
 /** Return the dashboard stage of a campaign, as the server counts it. */
 export function stageOf(campaign, archivedIds) {
@@ -49,7 +43,7 @@ export function renderCampaignList(container, { page, query }) {
     el("table", { className: "data-table", id: "campaigns" },
        el("thead", {}, el("tr", {},
           el("th", { scope: "col" }, "Name"), el("th", { scope: "col" }, "Status"),
-          COLUMNS.map(([, label]) => el("th", { scope: "col", className: "number" }, label)),
+          COLUMNS.map(([, label, help]) => el("th", { scope: "col", className: "number", title: help }, label)),
           el("th", { scope: "col" }, "Created"))),
        body),
     status);
@@ -90,7 +84,8 @@ function refreshDelay(campaigns) {
   if (campaigns.some((campaign) => campaign.status === "sending" || campaign.status === "paused")) {
     return IN_PROCESS_REFRESH_MS;
   }
-  return campaigns.some((campaign) => campaign.status === "scheduled") ? SCHEDULED_REFRESH_MS : null;
+  const waiting = campaigns.some((campaign) => campaign.status === "scheduled" || campaign.schedule_active);
+  return waiting ? SCHEDULED_REFRESH_MS : null;
 }
 
 function fillRows(body, campaigns, archivedIds, filter) {
@@ -102,6 +97,7 @@ function fillRows(body, campaigns, archivedIds, filter) {
   }
   fill(body, matching.map((campaign) => el("tr", { "data-campaign-id": campaign.id },
     el("td", {}, el("a", { href: `#/campaigns/${campaign.id}` }, campaign.name),
+       campaign.schedule_active ? el("span", { className: "tag", "data-tag": "repeats" }, "repeats") : null,
        archivedIds.has(campaign.id) ? el("span", { className: "tag" }, "archived") : null),
     el("td", { "data-col": "status" }, statusBadge(campaign.status)),
     COLUMNS.map(([name]) => el("td", { className: "number", "data-col": name }, formatNumber(campaign.counts[name]))),

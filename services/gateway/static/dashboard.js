@@ -53,6 +53,9 @@ function buildView() {
     limit: figure("daily_limit", "Daily limit"),
     lifetime: figure("lifetime", "Lifetime sent / failed"),
   };
+  figures.today.card.title = "Texts Twilio accepted today, new attempts after a delivery error included; the daily limit counts the same.";
+  figures.month.card.title = "Texts Twilio accepted this month, new attempts included.";
+  figures.lifetime.card.title = "Every campaign's Sent and Failed cards added up, each member's text counted once.";
   figures.level.value.classList.add("figure-text");
   const meter = el("meter", { min: 0, max: 1, value: 0, className: "limit-meter", "aria-label": "Daily limit used" });
   figures.limit.card.insertBefore(meter, figures.limit.note);
@@ -97,7 +100,8 @@ function update(view, data) {
 
   const lifetime = data.lifetime;
   fill(figures.lifetime.value, `${formatNumber(lifetime.sent)} / ${formatNumber(lifetime.failed)}`);
-  fill(figures.lifetime.note, `${formatNumber(lifetime.delivered)} delivered, ${formatNumber(lifetime.opted_out)} opted out`);
+  fill(figures.lifetime.note, `${formatNumber(lifetime.delivered)} delivered, ${formatNumber(lifetime.undeliverable)} `
+       + `undeliverable, ${formatNumber(lifetime.opted_out)} opted out, ${formatNumber(lifetime.cancelled)} cancelled`);
 
   for (const [stage] of STAGES) fill(view.stageCards[stage], formatNumber(data.campaigns[stage]));
   const { cancelled, failed } = data.campaigns;

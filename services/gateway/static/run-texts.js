@@ -20,6 +20,16 @@ export function describeImisLog(log) {
   return log.status;
 }
 
+// Statuses whose reason says why a text did not go out, or not yet; a delivered text needs none.
+const STATUSES_WITH_REASON = ["skipped", "failed", "undelivered", "cancelled", "opted_out", "deferred", "retrying",
+                              "paused"];
+
+function describeReason(message) {
+  if (!STATUSES_WITH_REASON.includes(message.status) || !(message.reason || message.error_code)) return null;
+  const code = message.error_code ? ` (error ${message.error_code})` : "";
+  return el("span", { className: "status-reason" }, `${message.reason || "Twilio error"}${code}`);
+}
+
 /** Build the texts panel; call `load(runId)` to show a run's texts from the start. */
 export function buildRunTexts() {
   const summary = el("p", { className: "hint", id: "texts-summary" });
@@ -81,7 +91,7 @@ function appendRows(body, messages) {
     body.appendChild(el("tr", { "data-message": message.id },
       el("td", {}, message.to),
       el("td", {}, message.member_id || "–"),
-      el("td", {}, message.status),
+      el("td", { "data-col": "status" }, message.status, describeReason(message)),
       el("td", {}, message.sent_at ? formatDateTime(message.sent_at) : "–"),
       el("td", { "data-imis-log": log ? log.status : "none" }, describeImisLog(log))));
   }

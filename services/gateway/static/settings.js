@@ -4,6 +4,7 @@
 import { callApi } from "./api.js";
 import { el, fill } from "./dom.js";
 import { clearErrors, errorBox, field, showError, showMessage, whileBusy } from "./forms.js";
+import { forgetOrganisation } from "./organisation.js";
 
 // [name, label, kind, hint]; kind "secret" is a write-only password input.
 const GROUPS = [
@@ -177,6 +178,7 @@ async function saveSettings(form, inputs, secretStates, loaded) {
   }
   try {
     const settings = await callApi("PUT", "/api/settings", changes);
+    forgetOrganisation();
     clearErrors(form);
     showSettings(form, inputs, secretStates, loaded, settings);
     fill(status, "Settings saved.");
