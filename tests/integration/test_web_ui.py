@@ -587,6 +587,53 @@ def test_editor_field_errors(stack, browser):
     assert browser.find_elements(By.CSS_SELECTOR, "[data-field=name] .field-error") == []
 
 
+def open_editor_of(driver, campaign_id: str, name: str):
+    """Click Edit on the campaign's page; return the form once it shows the saved campaign."""
+    wait_for(driver, lambda d: d.find_element(By.ID, "edit-campaign").is_displayed(), "the Edit button shows")
+    driver.find_element(By.ID, "edit-campaign").click()
+    wait_for(driver, lambda d: d.current_url.endswith(f"#/campaigns/{campaign_id}/edit")
+             and d.find_element(By.NAME, "name").get_attribute("value") == name, "the editor shows the campaign")
+    return driver.find_element(By.ID, "campaign-form")
+
+
+def test_edit_campaign(stack, browser):
+    changed = "Hi {FirstName|friend}, the meeting moved to Friday."
+    signed_in(browser, stack)
+    campaign_id = create_campaign(browser, "Draft to edit", "Hello {FirstName|member}.")
+
+    form = open_editor_of(browser, campaign_id, "Draft to edit")
+    title = text_of(browser, ".page-header h1")
+    body = form.find_element(By.NAME, "body")
+    body.clear()
+    body.send_keys(changed)
+    browser.find_element(By.ID, "save-campaign").click()
+    wait_for(browser, lambda d: d.current_url.endswith(f"#/campaigns/{campaign_id}")
+             and text_of(d, ".message-body") == changed, "the campaign page shows the changed text")
+
+    assert title == "Edit campaign"
+    assert stack.runtime.db.campaigns.find_one({"_id": campaign_id})["body"] == changed
+    assert browser.find_element(By.ID, "edit-campaign").is_displayed()
+    assert script_errors(browser) == []
+
+
+def test_edit_shows_merge_field_error(stack, browser):
+    signed_in(browser, stack)
+    campaign_id = create_campaign(browser, "Broken merge field", "Hello {FirstName|member}.")
+
+    form = open_editor_of(browser, campaign_id, "Broken merge field")
+    body = form.find_element(By.NAME, "body")
+    body.clear()
+    body.send_keys("Hi {FirstName, welcome.")
+    browser.find_element(By.ID, "save-campaign").click()
+    field_error = wait_for(browser, lambda d: text_of(d, "[data-field=body] .field-error"), "the body's error shows")
+
+    assert "The merge field opened at character 4 is not closed" in field_error
+    assert stack.runtime.db.campaigns.find_one({"_id": campaign_id})["body"] == "Hello {FirstName|member}."
+
+
+# ------------------------------------------------------------------ names
+
+
 def test_names_shown_as_text(stack, browser):
     """A campaign name full of markup shows as typed and adds no element to the page."""
     name = '<img src=x id=injected onerror="document.title=1">'
@@ -713,6 +760,29 @@ def test_number_checker(stack, browser):
     result = wait_for(browser, lambda d: text_of(d, "#number-result"), "the check result shows")
 
     assert result == "sendable +12025550100"
+
+
+@pytest.fixture
+def opted_out_number(stack):
+    """An opt-out of a number outside the demo query, removed after the test."""
+    number = "+15145550177"
+    optout_id = f"{DEMO_CLOUD_ID}:{number}"
+    stack.runtime.db.optouts.insert_one({"_id": optout_id, "tenant_id": DEMO_CLOUD_ID, "number": number,
+                                         "opted_out_at": START, "source": "inbound-stop", "member_ids": ["99001"]})
+    yield number
+    stack.runtime.db.optouts.delete_one({"_id": optout_id})
+
+
+def test_opt_outs_listed(stack, browser, opted_out_number):
+    signed_in(browser, stack)
+    browser.find_element(By.CSS_SELECTOR, "[data-nav=settings]").click()
+    wait_for(browser, lambda d: "********0177" in text_of(d, "#opt-outs"), "the opt-out shows")
+    rows = texts_of(browser, "#opt-outs tbody tr")
+
+    assert any(row.startswith("********0177") and "replied STOP" in row for row in rows)
+    assert opted_out_number.lstrip("+") not in text_of(browser, "#opt-outs")
+    assert "numbers opted out" in text_of(browser, "#opt-outs-summary")
+    assert script_errors(browser) == []
 
 
 def test_page_served_with_csp(stack):

@@ -15,6 +15,7 @@ const ROUTES = [
   [/^#\/campaigns$/, renderCampaignList, "campaigns"],
   [/^#\/campaigns\/new$/, renderCampaignEditor, "campaigns"],
   [/^#\/campaigns\/([0-9a-f]{32})$/, renderCampaignDetail, "campaigns"],
+  [/^#\/campaigns\/([0-9a-f]{32})\/edit$/, renderCampaignEditor, "campaigns"],
   [/^#\/settings$/, renderSettings, "settings"],
 ];
 

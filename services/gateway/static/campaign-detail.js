@@ -134,11 +134,13 @@ function buildView(campaignId) {
                      "Stop repeating"),
     archive: el("button", { type: "button", className: "button button-quiet", id: "archive" }, "Archive"),
     unarchive: el("button", { type: "button", className: "button button-quiet", id: "unarchive" }, "Unarchive"),
+    edit: el("a", { className: "button", id: "edit-campaign", href: `#/campaigns/${campaignId}/edit`, hidden: true },
+             "Edit"),
   };
   const preview = buildPreviewPanel(campaignId);
   const actions = el("form", { className: "actions", id: "campaign-actions" },
     el("div", { className: "action-buttons" }, preview.button, buttons.pause, buttons.resume, buttons.cancel,
-       buttons.stopSchedule, buttons.archive, buttons.unarchive),
+       buttons.stopSchedule, buttons.archive, buttons.unarchive, buttons.edit),
     errorBox());
   actions.addEventListener("submit", (event) => event.preventDefault());
 
@@ -321,6 +323,7 @@ function updateButtons(view, campaign, archived) {
   buttons.stopSchedule.hidden = !(campaign && campaign.schedule_active);
   buttons.archive.hidden = archived || !ARCHIVABLE_STATUSES.includes(status);
   buttons.unarchive.hidden = !archived;
+  buttons.edit.hidden = !(campaign && campaign.editable);
 }
 
 function fillDetails(list, entries) {

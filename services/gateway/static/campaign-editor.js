@@ -1,13 +1,17 @@
-// The campaign editor: name, message with a live length counter, IQA path, e-mail, Smart Encoding.
+// The campaign editor, for a new campaign or a saved one: name, message with a live
+// length counter, IQA path, e-mail, Smart Encoding.
 
 import { callApi } from "./api.js";
-import { el, fill, formatNumber, plural } from "./dom.js";
-import { checkboxField, clearErrors, errorBox, field, showError, whileBusy } from "./forms.js";
+import { el, fill, formatDateTime, formatNumber, plural } from "./dom.js";
+import { checkboxField, clearErrors, errorBox, field, showError, showMessage, whileBusy } from "./forms.js";
 
 const MEASURE_DELAY_MS = 250;
 const MAX_BODY_CHARS = 1600;
+const TEXT_FIELDS = ["name", "body", "iqa_path", "email", "phone_column", "id_column"];
 
-export function renderCampaignEditor(container, { page }) {
+/** Render the editor. When a saved campaign is edited, `params` contains its id. */
+export function renderCampaignEditor(container, { page, params = [] }) {
+  const [campaignId] = params;
   const inputs = {
     name: el("input", { name: "name", maxlength: 200, required: true, autocomplete: "off" }),
     body: el("textarea", { name: "body", rows: 6, required: true }),
@@ -34,20 +38,68 @@ export function renderCampaignEditor(container, { page }) {
     el("details", { className: "advanced" }, el("summary", {}, "IQA columns"),
        field("Mobile phone column", inputs.phone_column),
        field("Member ID column", inputs.id_column)),
+    el("p", { className: "hint", id: "campaign-state", hidden: true }),
     el("div", { className: "form-actions" },
-       el("button", { type: "submit", className: "button button-primary", id: "save-campaign" }, "Save draft"),
-       el("a", { className: "button button-quiet", href: "#/campaigns" }, "Cancel")),
-    el("p", { className: "hint" }, "After saving you can send it now or schedule it."));
+       el("button", { type: "submit", className: "button button-primary", id: "save-campaign" },
+          campaignId ? "Save changes" : "Save draft"),
+       el("a", { className: "button button-quiet", href: campaignId ? `#/campaigns/${campaignId}` : "#/campaigns" },
+          "Cancel")),
+    el("p", { className: "hint" },
+       "Saving checks the message and the IQA path. Whether the IQA returns the columns the campaign uses is checked at preview, which runs the query."),
+    campaignId ? null : el("p", { className: "hint" }, "After saving you can send it now or schedule it."));
 
-  container.append(el("div", { className: "page-header" }, el("h1", {}, "New campaign")), el("section", { className: "panel" }, form));
+  const title = el("h1", {}, campaignId ? "Edit campaign" : "New campaign");
+  container.append(el("div", { className: "page-header" }, title), el("section", { className: "panel" }, form));
   const remeasure = () => measureLater(page, inputs, counter);
   inputs.body.addEventListener("input", remeasure);
   inputs.smart_encoding.addEventListener("change", remeasure);
+  const saved = { prompts: {} };
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    whileBusy(form, () => saveCampaign(form, inputs));
+    whileBusy(form, () => saveCampaign(form, inputs, campaignId, saved.prompts));
   });
-  inputs.name.focus();
+  if (campaignId) {
+    whileBusy(form, () => loadCampaign(page, form, inputs, campaignId)).then((campaign) => {
+      if (!page.active) return;
+      if (!campaign) {
+        form.querySelector("#save-campaign").disabled = true;
+        return;
+      }
+      saved.prompts = campaign.prompts || {};
+      showCampaignState(form, campaign);
+      remeasure();
+      inputs.name.focus();
+    });
+  } else {
+    inputs.name.focus();
+  }
+}
+
+/** Fill the form with the saved campaign and return it, or show why it could not be loaded and return null. */
+async function loadCampaign(page, form, inputs, campaignId) {
+  try {
+    const campaign = await callApi("GET", `/api/campaigns/${campaignId}`);
+    if (!page.active) return null;
+    for (const name of TEXT_FIELDS) inputs[name].value = campaign[name] || "";
+    inputs.smart_encoding.checked = Boolean(campaign.smart_encoding);
+    return campaign;
+  } catch (error) {
+    if (page.active) showError(form, error);
+    return null;
+  }
+}
+
+/** Say when the saved campaign sends, and keep the form from saving when the campaign can no longer change. */
+function showCampaignState(form, campaign) {
+  const run = campaign.current_run;
+  if (!campaign.editable) {
+    showMessage(form, `This campaign is ${campaign.status} and can no longer be edited.`);
+    form.querySelector("#save-campaign").disabled = true;
+  } else if (campaign.status === "scheduled" && run) {
+    const state = form.querySelector("#campaign-state");
+    fill(state, `Scheduled to send at ${formatDateTime(run.due_at)}: the changes apply to that send. Changes close 2 minutes before it.`);
+    state.hidden = false;
+  }
 }
 
 let measureSequence = 0;
@@ -86,7 +138,7 @@ function showMeasurement(counter, result, smartEncoding) {
   }
 }
 
-async function saveCampaign(form, inputs) {
+async function saveCampaign(form, inputs, campaignId, prompts) {
   const body = {
     name: inputs.name.value.trim(),
     body: inputs.body.value,
@@ -96,8 +148,11 @@ async function saveCampaign(form, inputs) {
     id_column: inputs.id_column.value.trim(),
   };
   if (inputs.email.value.trim()) body.email = inputs.email.value.trim();
+  // Prompts have no field in the form yet, so an edit sends back the ones the campaign has.
+  if (campaignId) body.prompts = prompts;
   try {
-    const campaign = await callApi("POST", "/api/campaigns", body);
+    const campaign = campaignId ? await callApi("PUT", `/api/campaigns/${campaignId}`, body)
+                                : await callApi("POST", "/api/campaigns", body);
     clearErrors(form);
     window.location.hash = `#/campaigns/${campaign.id}`;
   } catch (error) {

@@ -4,6 +4,7 @@
 import { callApi } from "./api.js";
 import { el, fill } from "./dom.js";
 import { clearErrors, errorBox, field, showError, showMessage, whileBusy } from "./forms.js";
+import { buildOptOutList } from "./opt-outs.js";
 import { forgetOrganisation } from "./organisation.js";
 
 // [name, label, kind, hint]; kind "secret" is a write-only password input.
@@ -60,7 +61,8 @@ export function renderSettings(container, { page }) {
   const loaded = { values: null };
 
   container.append(el("div", { className: "page-header" }, el("h1", {}, "Settings")),
-    el("div", { className: "settings-layout" }, el("section", { className: "panel" }, form), buildNumberChecker()));
+    el("div", { className: "settings-layout" }, el("section", { className: "panel" }, form),
+       el("div", {}, buildNumberChecker(), buildOptOutList(page))));
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
