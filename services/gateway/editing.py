@@ -92,6 +92,6 @@ def _check_time_left(due_at: datetime, now: datetime) -> None:
     if due_at - now > EDIT_CLOSES_BEFORE_SEND:
         return
     minutes = int(EDIT_CLOSES_BEFORE_SEND.total_seconds() // 60)
-    raise Conflict(f"the campaign sends at {due_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC, less than {minutes} minutes from now, so it "
-                   "can no longer change: cancel it, edit it, then schedule it again",
-                   {"due_at": due_at.isoformat()})
+    due = due_at.astimezone(timezone.utc)
+    raise Conflict(f"the campaign sends at {due:%Y-%m-%d %H:%M} UTC, less than {minutes} minutes from now, so it can "
+                   "no longer change: cancel it, edit it, then schedule it again", {"due_at": due_at.isoformat()})

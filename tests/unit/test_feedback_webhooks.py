@@ -1,4 +1,4 @@
-"""The Twilio webhooks over HTTP (Flask test client): odd but signed input gets an answer, never a 500."""
+"""The Twilio webhooks over HTTP (Flask test client): odd but signed input gets a response, never a 500."""
 
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ def test_odd_error_code_ignored(webhooks, runtime, code):
 
 
 def test_error_code_read(webhooks, runtime):
-    post_signed(webhooks, f"/twilio/status/ACME/{MESSAGE_ID}", "MessageSid=SM1&MessageStatus=undelivered&ErrorCode=30003")
+    post_signed(webhooks, f"/twilio/status/ACME/{MESSAGE_ID}",
+                "MessageSid=SM1&MessageStatus=undelivered&ErrorCode=30003")
 
     assert runtime.db.messages.find_one({"_id": MESSAGE_ID})["error_code"] == 30003
 

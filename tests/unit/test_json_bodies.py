@@ -1,4 +1,4 @@
-"""JSON request bodies the API must answer with a 4xx and a message, never a 500."""
+"""JSON request bodies the API must reject with a 4xx and a message, never a 500."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_large_body_is_413(client):
 
 
 def test_large_chunked_body_is_413(client):
-    """A body without Content-Length is cut at the limit by werkzeug; it must not be read as shorter JSON."""
+    """werkzeug cuts a body without Content-Length at the limit, so the cut body must not be read as JSON."""
     test_client, headers = client
     raw = b'{"body": "' + b"x" * MAX_REQUEST_BYTES + b'"}'
 
