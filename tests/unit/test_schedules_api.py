@@ -260,7 +260,7 @@ def test_cancel_occurrence_keeps_schedule(gateway, runtime, clock):
 
 @pytest.mark.parametrize("action", ["cancel", "pause", "resume"])
 def test_run_action_between_occurrences(gateway, action):
-    """Before any occurrence there is no run to act on, and the error says how to stop the schedule."""
+    """Before any occurrence there is no run to act on, and the error names the way to stop the schedule."""
     client, headers = signed_in(gateway, "ACME")
     campaign_id = make_campaign(client, headers)
     client.put(f"/api/campaigns/{campaign_id}/schedule", headers=headers, json=DAILY)

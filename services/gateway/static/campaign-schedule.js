@@ -53,8 +53,8 @@ function formatOccurrence(iso, timeZone) {
 }
 
 /**
- * Build the form that makes a campaign repeat, filled from `rule` when it changes an
- * existing schedule. `onSaved()` runs after the API stored the schedule.
+ * Build the form that makes a campaign repeat, filled from the campaign's schedule when it
+ * changes one. `onSaved()` runs after the API stored the schedule.
  */
 export function buildScheduleForm(campaign, onSaved) {
   const rule = campaign.schedule || {};
@@ -111,7 +111,7 @@ export function buildScheduleForm(campaign, onSaved) {
   organisationTimeZone().then((zone) => {
     form.dataset.timeZone = zone;
     if (!inputs.start.value) inputs.start.value = todayIn(zone);
-    fill(zoneNote, zone ? `Times are in the organisation's time zone, ${zone}; an administrator can change it in Settings.`
+    fill(zoneNote, zone ? `Times are in the organisation's time zone, ${zone}. An administrator can change it in Settings.`
                         : "Times are in the organisation's time zone, set in Settings.");
     update();
   });

@@ -1,5 +1,5 @@
 // The send panel of a campaign: "Send now", "Send once at" a local date and time, or "Repeat" on
-// a schedule. Sending again after earlier runs texted members takes a confirmation, which says
+// a schedule. Sending again after earlier runs texted members takes a confirmation, which shows
 // how many members the query returns now.
 
 import { callApi } from "./api.js";
