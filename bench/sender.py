@@ -30,6 +30,7 @@ simulator_per_s, crash_runs, duplicates, missing and coordination.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -281,7 +282,7 @@ def measure_precision(rate: float, texts: int) -> tuple[float, int]:
     Also prints the tightest span (see tightest_span), which shows how near a run came to
     one text too many in a second.
     """
-    with simulator_process() as url:
+    with simulator_process() as url, garbage_collection_paused():
         world = World(url, rate=rate)
         jobs = world.run(texts)
         instances = [Instance(world).start() for _ in range(3)]
@@ -291,6 +292,23 @@ def measure_precision(rate: float, texts: int) -> tuple[float, int]:
         times = arrival_times(url, jobs)
     print(f"tightest span at {rate:g}/s: {tightest_span(times, rate):.4f} s", flush=True)
     return observed_rate(times), max_in_window(times)
+
+
+@contextmanager
+def garbage_collection_paused():
+    """Collect garbage once, then keep Python's collector off until the block ends.
+
+    The embedded store keeps every message in this process, where a sender instance in
+    production keeps none (they live in MongoDB). A full collection over them pauses
+    every instance for tens of milliseconds (34 ms seen), which would be judged as the
+    sender's imprecision.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def measure_headroom(url: str, instances: int, texts: int) -> float:
@@ -370,6 +388,25 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, {model}, Python {platform.python_version()}"
 
 
+def raise_priority(niceness: int) -> str:
+    """Run this process and the simulators it starts at `niceness`; return what was set, for the report.
+
+    The benchmark judges timing to a few milliseconds. On a machine shared with other
+    work, a thread that wakes for its send slot, or the simulator thread that reads the
+    create, can wait tens of milliseconds for a CPU, which says nothing about the
+    sender. A lower niceness (needs root or CAP_SYS_NICE) lets both run as soon as they
+    wake. Children started later inherit it.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if niceness >= current:
+        return f"niceness {current}"
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    except PermissionError:
+        return f"niceness {current} (lowering it to {niceness} needs root; other load may widen the spread)"
+    return f"niceness {niceness}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sender", description=__doc__.splitlines()[0])
     parser.add_argument("--segments", type=int, default=900, help="one-segment texts per precision run")
@@ -377,12 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash-runs", type=int, default=20, help="runs with one instance crashing")
     parser.add_argument("--crash-texts", type=int, default=500, help="texts per crash run")
     parser.add_argument("--seed", type=int, default=4, help="seed of the random crash points")
+    parser.add_argument("--niceness", type=int, default=-10,
+                        help="process niceness for the benchmark and its simulators (0 keeps the default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # A crashed instance's workers end on BrokerClosed, which the consumer group logs as an error.
     logging.getLogger("libs.common.process").setLevel(logging.CRITICAL)
     threading.excepthook = _quiet_crashes
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {machine()}, {raise_priority(args.niceness)}", flush=True)
 
     rate_at_3, max_window_at_3 = measure_precision(3.0, args.segments)
     print(f"precision at 3/s: {rate_at_3:.3f} segments/s, at most {max_window_at_3} in one second", flush=True)
