@@ -46,6 +46,13 @@ class ScheduleOut(Schema):
     upcoming = fields.List(fields.DateTime(), metadata={"description": (
         f"the next {UPCOMING_COUNT} occurrences, as UTC instants; empty once the schedule stopped")})
     missed_occurrences = fields.List(fields.DateTime(), dump_default=list)
+    skipped_occurrences = fields.List(fields.Nested(lambda: SkippedOccurrenceOut()), dump_default=list, metadata={
+        "description": "occurrences not sent because the run of an earlier one had not finished"})
+
+
+class SkippedOccurrenceOut(Schema):
+    at = fields.DateTime()
+    reason = fields.String()
 
 
 class CampaignSchedules:

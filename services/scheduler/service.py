@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 # An occurrence found later than this (the scheduler was down) is recorded as missed
 # rather than sent late, so members do not get a morning text in the evening.
 MISSED_AFTER = timedelta(hours=1)
+FINISHED_RUN_STATUSES = ("completed", "failed", "cancelled")
 
 
 class Scheduler:
@@ -76,15 +77,32 @@ class Scheduler:
                                                                              "error": f"invalid schedule: {error}"}})
             return
         changes = {"next_occurrence": following}
+        unfinished = self._unfinished_run(campaign)
         if now - occurrence > MISSED_AFTER:
             logger.warning("occurrence %s was missed while the scheduler was down; not sending it late", occurrence)
             self._db.campaigns.update_one({"_id": campaign["_id"]}, {"$push": {"missed_occurrences": occurrence}})
+        elif unfinished is not None:
+            # Members would get two texts at once, and the runs would share the day's allowance.
+            reason = (f"the run of {unfinished['due_at']:%Y-%m-%d %H:%M} UTC was still {unfinished['status']}: "
+                      "space the occurrences further apart, or send less per occurrence")
+            logger.warning("occurrence %s skipped: %s", occurrence, reason)
+            self._db.campaigns.update_one({"_id": campaign["_id"]},
+                                          {"$push": {"skipped_occurrences": {"at": occurrence, "reason": reason}}})
         else:
             self._insert_run(campaign, run_id, occurrence)
             changes["current_run_id"] = run_id
         if following is None:
             changes["schedule_active"] = False
         self._db.campaigns.update_one({"_id": campaign["_id"], "next_occurrence": occurrence}, {"$set": changes})
+
+    def _unfinished_run(self, campaign: dict) -> dict | None:
+        """Return the campaign's current run if it has not finished, else None."""
+        run_id = campaign.get("current_run_id")
+        if not run_id:
+            return None
+        return self._db.runs.find_one({"_id": run_id, "tenant_id": campaign["tenant_id"],
+                                       "status": {"$nin": list(FINISHED_RUN_STATUSES)}},
+                                      {"status": 1, "due_at": 1})
 
     def _insert_run(self, campaign: dict, run_id: str, occurrence) -> None:
         try:

@@ -94,3 +94,32 @@ def test_inactive_schedule_creates_nothing(db, broker, clock):
     Scheduler(db, broker=broker, clock=clock).tick()
 
     assert db.runs.count_documents({}) == 0
+
+
+def test_occurrence_skipped_while_earlier_run_sends(db, broker, clock):
+    clock.advance(START.timestamp() - clock.time() + 5 * 60)
+    make_campaign(db, current_run_id="c1-20270103T140000Z")
+    db.runs.insert_one({"_id": "c1-20270103T140000Z", "tenant_id": "T1", "campaign_id": "c1", "status": "sending",
+                        "due_at": datetime(2027, 1, 3, 14, 0, tzinfo=timezone.utc)})
+
+    Scheduler(db, broker=broker, clock=clock).tick()
+
+    campaign = db.campaigns.find_one({"_id": "c1"})
+    skipped = campaign["skipped_occurrences"]
+    assert db.runs.count_documents({}) == 1
+    assert [entry["at"] for entry in skipped] == [datetime(2027, 1, 4, 14, 0, tzinfo=timezone.utc)]
+    assert "the run of 2027-01-03 14:00 UTC was still sending" in skipped[0]["reason"]
+    assert campaign["next_occurrence"] == datetime(2027, 1, 5, 14, 0, tzinfo=timezone.utc)
+    assert campaign["current_run_id"] == "c1-20270103T140000Z"
+
+
+def test_occurrence_runs_after_earlier_run_finished(db, broker, clock):
+    clock.advance(START.timestamp() - clock.time() + 5 * 60)
+    make_campaign(db, current_run_id="c1-20270103T140000Z")
+    db.runs.insert_one({"_id": "c1-20270103T140000Z", "tenant_id": "T1", "campaign_id": "c1", "status": "completed",
+                        "due_at": datetime(2027, 1, 3, 14, 0, tzinfo=timezone.utc)})
+
+    Scheduler(db, broker=broker, clock=clock).tick()
+
+    assert db.runs.count_documents({"_id": "c1-20270104T140000Z"}) == 1
+    assert "skipped_occurrences" not in db.campaigns.find_one({"_id": "c1"})

@@ -186,6 +186,7 @@ def test_stop_keeps_history(gateway, runtime, clock):
     scheduler = Scheduler(runtime.db, broker=runtime.broker, clock=clock)
     clock.advance(2 * 3600 + 60)
     scheduler.tick()
+    runtime.db.runs.update_many({"campaign_id": campaign_id}, {"$set": {"status": "completed"}})
     clock.advance(3 * 86400)
     for _ in range(3):  # each tick handles one occurrence: two missed, then one on time
         scheduler.tick()
@@ -197,6 +198,7 @@ def test_stop_keeps_history(gateway, runtime, clock):
     assert stopped["schedule_active"] is False
     assert stopped["upcoming"] == []
     assert stopped["missed_occurrences"] == ["2027-01-05T14:00:00+00:00", "2027-01-06T14:00:00+00:00"]
+    assert stopped["skipped_occurrences"] == []
     assert runtime.db.runs.count_documents({"campaign_id": campaign_id}) == 2
     assert client.get(f"/api/campaigns/{campaign_id}").get_json()["schedule"]["time"] == "09:00"
 
@@ -350,3 +352,23 @@ def test_far_dates_are_422(gateway, rule, field):
 
     assert response.status_code == 422
     assert field in response.get_json()["details"]["fields"]
+
+
+def test_skipped_occurrence_shown_with_reason(gateway, runtime, clock):
+    """An occurrence due while the earlier run still sends is not sent, and staff see why."""
+    client, headers = signed_in(gateway, "ACME")
+    campaign_id = make_campaign(client, headers)
+    client.put(f"/api/campaigns/{campaign_id}/schedule", headers=headers, json=DAILY)
+    scheduler = Scheduler(runtime.db, broker=runtime.broker, clock=clock)
+    clock.advance(2 * 3600 + 60)
+    scheduler.tick()
+    clock.advance(86400)
+    scheduler.tick()
+    client, headers = signed_in(gateway, "ACME")
+
+    schedule = client.get(f"/api/campaigns/{campaign_id}/schedule", headers=headers).get_json()
+
+    skipped = schedule["skipped_occurrences"]
+    assert [entry["at"] for entry in skipped] == ["2027-01-05T14:00:00+00:00"]
+    assert "was still queued" in skipped[0]["reason"]
+    assert runtime.db.runs.count_documents({"campaign_id": campaign_id}) == 1

@@ -189,9 +189,18 @@ export function buildSchedulePanel(onChanged) {
       error.hidden = true;
       fill(upcoming, schedule.upcoming.map((iso) => el("li", { "data-occurrence": iso }, formatOccurrence(iso, zone))));
       const misses = schedule.missed_occurrences || [];
-      missed.hidden = !misses.length;
-      fill(missed, misses.length ? `Missed while Text Manager was not running, so not sent: ${
-        misses.map((iso) => formatOccurrence(iso, zone)).join("; ")}.` : "");
+      const skips = schedule.skipped_occurrences || [];
+      const notes = [];
+      if (misses.length) {
+        notes.push(`Missed while Text Manager was not running, so not sent: ${
+          misses.map((iso) => formatOccurrence(iso, zone)).join("; ")}.`);
+      }
+      if (skips.length) {
+        notes.push(`Not sent because the earlier run had not finished: ${
+          skips.map((skip) => `${formatOccurrence(skip.at, zone)} (${skip.reason})`).join("; ")}.`);
+      }
+      missed.hidden = !notes.length;
+      fill(missed, notes.join(" "));
     } catch (failure) {
       fill(error, `The next occurrences could not be loaded: ${failure.message}`);
       error.hidden = false;
