@@ -12,7 +12,7 @@ import pytest
 
 from libs.common.broker import (
     QUEUE_DEAD, QUEUE_IMIS, QUEUE_JOBS, PublishError, RabbitMQBroker, declared_queues,
-    delay_queue_name,
+    delay_queue_name, partition_queue,
 )
 from tests.broker_support import (
     AMQP_URL, DELAYS, WAIT_S, ConsumerThread, RabbitHarness, Recorder, connect_or_fail, wait_until,
@@ -26,6 +26,14 @@ def harness():
     harness = RabbitHarness(AMQP_URL)
     yield harness
     harness.close()
+
+
+def _consumer_activity(queue_name: str) -> list[str]:
+    """Return the `active` column of each consumer of one queue, as rabbitmqctl prints it."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_consumers", "--no-table-headers", "queue_name", "active"],
+        capture_output=True, text=True, check=True, timeout=WAIT_S).stdout
+    return [line.split("\t")[1] for line in listing.splitlines() if line.split("\t")[0] == queue_name]
 
 
 def _list_queues(prefix: str) -> dict[str, tuple[str, str]]:
@@ -88,6 +96,25 @@ def test_batch_declares_deleted_queue_again(harness):
 
     assert broker.publish_many(QUEUE_JOBS, [{"n": 3}]) == 1
     assert broker.queue_depth(QUEUE_JOBS) == 1
+
+
+def test_imis_partition_has_one_active_consumer(harness):
+    """Two feedback processes wait on a tenant's iMIS queue; RabbitMQ hands its writes to one only."""
+    queue = partition_queue(QUEUE_IMIS, "ACME")
+    publisher, first_broker, second_broker = harness.make(), harness.make(), harness.make()
+    first, second = Recorder(), Recorder()
+
+    with ConsumerThread(first_broker, queue, first, prefetch=1), \
+            ConsumerThread(second_broker, queue, second, prefetch=1):
+        wait_until(lambda: sorted(_consumer_activity(harness.prefix + queue)) == ["false", "true"],
+                   "one consumer is active and the other waits")
+        publisher.publish_many(queue, [{"n": n} for n in range(10)])
+        wait_until(lambda: len(first.deliveries) + len(second.deliveries) == 10, "10 writes are handled")
+
+    counts = sorted([len(first.deliveries), len(second.deliveries)])
+    _, arguments = _list_queues(harness.prefix)[queue]
+    assert counts == [0, 10]
+    assert '{"x-single-active-consumer",true}' in arguments
 
 
 def test_delay_queue_arguments(harness):

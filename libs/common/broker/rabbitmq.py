@@ -11,8 +11,8 @@ import pika
 import pika.exceptions
 
 from .base import (
-    EXCHANGE, QUEUE_DEAD, RETRY_DELAYS_S, WORK_QUEUES, Broker, BrokerClosed, Delivery, EncodedBatch,
-    Forward, Incoming, PublishError, delay_queue_name, encode_body, partition_of,
+    EXCHANGE, QUEUE_DEAD, QUEUE_IMIS, RETRY_DELAYS_S, WORK_QUEUES, Broker, BrokerClosed, Delivery,
+    EncodedBatch, Forward, Incoming, PublishError, delay_queue_name, encode_body, partition_of, work_queue_of,
 )
 from .batch import BatchPublish
 from .worker import HandlerJob, HandlerThread
@@ -35,6 +35,11 @@ CONTENT_TYPE = "application/json"
 # (every classic queue works that way there); version 2 is the default from 4.0. A
 # queue declared earlier with other arguments must be deleted once (deploy/README.md).
 QUEUE_STORAGE = {"x-queue-mode": "lazy", "x-queue-version": 2}
+# Work queues, with their partitions, that deliver to one consumer at a time however many
+# consumers wait on them. The iMIS vendor asks integrators for serial calls to a site,
+# and each feedback process (every gunicorn worker is one) consumes each tenant's
+# partition of tm.imis, so RabbitMQ picks one of them; another takes over if it goes.
+SINGLE_ACTIVE_CONSUMER_QUEUES = (QUEUE_IMIS,)
 
 
 def build_topology(prefix: str, retry_delays_s: Iterable[float]) -> list[tuple[str, dict]]:
@@ -67,8 +72,10 @@ def build_partition_topology(prefix: str, partition: str,
 def _work_queue_steps(prefix: str, queue: str, retry_delays_s: Iterable[float]) -> list[tuple[str, dict]]:
     exchange = prefix + EXCHANGE
     work = prefix + queue
-    steps = _queue_steps(exchange, work, {"x-dead-letter-exchange": exchange,
-                                          "x-dead-letter-routing-key": prefix + QUEUE_DEAD})
+    arguments = {"x-dead-letter-exchange": exchange, "x-dead-letter-routing-key": prefix + QUEUE_DEAD}
+    if work_queue_of(queue) in SINGLE_ACTIVE_CONSUMER_QUEUES:
+        arguments["x-single-active-consumer"] = True
+    steps = _queue_steps(exchange, work, arguments)
     for seconds in retry_delays_s:
         steps += _queue_steps(exchange, prefix + delay_queue_name(queue, seconds), {
             "x-message-ttl": round(seconds * 1000),
