@@ -165,9 +165,7 @@ def read_run(run_id: str):
     """Return a run's counts and the rows it skipped, with reasons (`offset`, `limit`)."""
     page = load_query(schemas.RunQuery())
     report = _ctx().campaigns.run_report(g.tenant_id, run_id, **page)
-    return {"run": schemas.RunOut().dump(report["run"]), "skipped": report["skipped"],
-            "skipped_total": report["skipped_total"], "refused_by_reason": report["refused_by_reason"],
-            "undeliverable_by_reason": report["undeliverable_by_reason"]}
+    return schemas.RunReportOut().dump(report)
 
 
 @api.get("/runs/<run_id>/messages")

@@ -25,7 +25,7 @@ OPERATIONS = [
     ("post", "/api/campaigns/{campaign_id}/pause", "Pause between texts", None, 200, "CampaignOut"),
     ("post", "/api/campaigns/{campaign_id}/resume", "Resume where sending stopped", None, 200, "CampaignOut"),
     ("post", "/api/campaigns/{campaign_id}/cancel", "Cancel the current run", None, 200, "CampaignOut"),
-    ("get", "/api/runs/{run_id}", "A run's counts and skipped rows", None, 200, None),
+    ("get", "/api/runs/{run_id}", "A run's counts and skipped rows", None, 200, "RunReportOut"),
     ("get", "/api/runs/{run_id}/messages", "A run's texts, with whether and how each was logged in iMIS", None,
      200, "MessagesOut"),
     ("get", "/api/opt-outs", "Opted-out numbers, latest first, masked to their last 4 digits", None, 200,

@@ -128,6 +128,16 @@ class RunOut(Schema):
         "when the first of them goes out: the organisation's next midnight, or a past time once the limit grew")})
 
 
+class RunReportOut(Schema):
+    run = fields.Nested(RunOut)
+    skipped = fields.List(fields.Dict(), metadata={"description": "IQA rows not texted, with the reason, one page"})
+    skipped_total = fields.Integer()
+    refused_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "texts Twilio refused to create, by reason"})
+    undeliverable_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "texts Twilio accepted and then reported undeliverable, by reason"})
+
+
 class CampaignOut(Schema):
     id = fields.String(attribute="_id")
     name = fields.String()
