@@ -24,6 +24,7 @@ def clean_admins(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Return the administrators' iMIS user names without surrounding spaces.
 
     Raises ValueError, with what to fix, for an empty list, an empty or overlong name,
+    a name with a space or comma in it (two names on one line),
     a name listed twice (iMIS user names ignore case) or more than MAX_ADMINS names.
     """
     cleaned = tuple(name.strip() for name in names)
@@ -35,6 +36,8 @@ def clean_admins(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     for name in cleaned:
         if not name:
             raise ValueError("an administrator's user name is empty: remove the empty entry")
+        if any(char.isspace() or char == "," for char in name):
+            raise ValueError(f"{name!r} is not one user name: put each administrator on a line of its own")
         if len(name) > MAX_USERNAME_CHARS:
             raise ValueError(f"an iMIS user name has at most {MAX_USERNAME_CHARS} characters: {name[:40]!r}… is longer")
         if name.casefold() in seen:
@@ -70,6 +73,8 @@ def change_settings(tenants: TenantRepository, tenant_id: str, username: str, ch
     for _ in range(WRITE_ATTEMPTS):
         tenant = tenants.get(tenant_id)
         require_admin(tenant, username)
+        if "admins" in changes:
+            check_not_leaving(username, changes["admins"])
         if IMIS_ACCOUNT_FIELDS & set(changes):
             check_imis_account(tenant, changes)
         try:
@@ -83,6 +88,20 @@ def change_settings(tenants: TenantRepository, tenant_id: str, username: str, ch
                             tenant.daily_limit, updated.daily_limit, woken)
         return updated
     raise Conflict("the administrator list changed while the settings were saved: reload the page and save again")
+
+
+def check_not_leaving(username: str, admins: tuple[str, ...] | list[str]) -> None:
+    """Raise InvalidInput when the new administrator list leaves out the administrator saving it.
+
+    A typing slip would otherwise lock them out of the settings, and only the operator
+    could undo it. Another administrator can still remove them.
+    """
+    if username.casefold() in {name.casefold() for name in admins}:
+        return
+    raise InvalidInput(
+        f"This change would remove you ({username}) from the administrators, and you could not change the "
+        "settings afterwards. Keep your name in the list; to step down, ask another administrator to remove you.",
+        {"fields": {"admins": ["would remove you"]}})
 
 
 def check_imis_account(tenant: Tenant, changes: dict) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from libs.common.progress import DUE_AT_ONCE
 
-from services.gateway.errors import Conflict, NotAdministrator
+from services.gateway.errors import Conflict, InvalidInput, NotAdministrator
 from services.gateway.tenant_settings import MAX_ADMINS, change_settings, clean_admins, require_admin
 
 
@@ -145,3 +145,26 @@ def test_same_or_lower_limit_keeps_texts_deferred(runtime, tenant_factory, new_l
 
     kept = runtime.db.messages.find_one({"_id": "m1"})
     assert kept["deferred_until"].replace(tzinfo=timezone.utc) == datetime(2030, 1, 2, 5, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("names", [["demo staff"], ["demo,staff"], ["demo\tstaff"]], ids=["space", "comma", "tab"])
+def test_two_names_on_one_line_rejected(names):
+    with pytest.raises(ValueError, match="put each administrator on a line of its own"):
+        clean_admins(names)
+
+
+def test_admin_cannot_remove_self(runtime, tenant_factory):
+    tenant_factory(admins=("jsmith", "MJones"))
+
+    with pytest.raises(InvalidInput, match="would remove you \\(jsmith\\)"):
+        change_settings(runtime.tenants, "ACME", "jsmith", {"admins": ("MJones",)})
+
+    assert runtime.tenants.get("ACME").admins == ("jsmith", "MJones")
+
+
+def test_admin_removes_another(runtime, tenant_factory):
+    tenant_factory(admins=("jsmith", "MJones"))
+
+    updated = change_settings(runtime.tenants, "ACME", "JSMITH", {"admins": ("jsmith",)})
+
+    assert updated.admins == ("jsmith",)
