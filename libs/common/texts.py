@@ -158,6 +158,9 @@ def smart_encode(text: str) -> str:
 # Braille pattern, which render as empty space, and the variation selectors, which
 # only modify the character before them.
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Marks that Unicode says to show as nothing (default ignorable): the combining grapheme
+# joiner, two Khmer vowels and the Mongolian variation selectors.
+_IGNORABLE_MARKS = frozenset("\u034f\u17b4\u17b5\u180b\u180c\u180d\u180f")
 _VARIATION_SELECTORS = (("\ufe00", "\ufe0f"), ("\U000e0100", "\U000e01ef"))
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 
@@ -172,8 +175,17 @@ def is_blank(text: str) -> bool:
     return all(_is_invisible(char) for char in text)
 
 
+def control_characters(text: str) -> list[str]:
+    """Return the control characters of a text that phones cannot show, as U+XXXX, once each.
+
+    Line breaks and tabs are allowed.
+    """
+    found = {char for char in text if unicodedata.category(char) == "Cc" and char not in "\n\r\t"}
+    return [f"U+{ord(char):04X}" for char in sorted(found)]
+
+
 def _is_invisible(char: str) -> bool:
-    if char.isspace() or char in _BLANK_LETTERS:
+    if char.isspace() or char in _BLANK_LETTERS or char in _IGNORABLE_MARKS:
         return True
     if any(first <= char <= last for first, last in _VARIATION_SELECTORS):
         return True

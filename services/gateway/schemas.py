@@ -12,7 +12,7 @@ from libs.common.phones import (
     mask_number,
     sender_number_problem,
 )
-from libs.common.texts import MAX_BODY_CHARS, Template, TemplateError, is_blank, measure
+from libs.common.texts import MAX_BODY_CHARS, Template, TemplateError, control_characters, is_blank, measure
 from services.gateway.editing import EDIT_CLOSES_BEFORE_SEND, edit_refusal
 from services.gateway.tenant_settings import clean_admins
 
@@ -82,6 +82,10 @@ class CampaignIn(Schema):
         if is_blank(value):
             raise ValidationError("the text is empty or only has invisible characters such as spaces or zero-width "
                                   "spaces: write the message to send")
+        controls = control_characters(value)
+        if controls:
+            raise ValidationError(f"the text contains control characters that phones cannot show "
+                                  f"({', '.join(controls)}): remove them")
         try:
             Template.parse(value)
         except TemplateError as error:

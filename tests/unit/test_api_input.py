@@ -50,6 +50,7 @@ def field_errors(response) -> dict:
     pytest.param("body", "", "empty or only has invisible characters", id="empty"),
     pytest.param("body", " \t\n", "empty or only has invisible characters", id="whitespace"),
     pytest.param("body", "\u200b", "empty or only has invisible characters", id="zero-width-space"),
+    pytest.param("body", "x\u0000", "control characters that phones cannot show (U+0000)", id="nul"),
     pytest.param("body", "\ufeff\u2060\u200d\u00ad\u3000", "empty or only has invisible characters",
                  id="format-characters"),
     pytest.param("body", "\u202e\u3164\u2800", "empty or only has invisible characters", id="blank-letters"),

@@ -9,6 +9,7 @@ from libs.common.texts import (
     Measurement,
     Template,
     TemplateError,
+    control_characters,
     find_lone_surrogate,
     is_blank,
     measure,
@@ -375,6 +376,7 @@ def test_template_blank_field_empty_fallback():
 @pytest.mark.parametrize("text", [
     "", " ", "\t\r\n", "\u00a0\u2003\u3000", "\u200b", "\ufeff", "\u2060\u200c\u200d", "\u00ad",
     "\u200e\u200f\u202e", "\u3164\u115f\u1160\uffa0", "\u2800", "\ufe0f", "\U000e0041", "\x00\x1b",
+    "\u00ad \u034f", "\u180b\u17b4",
 ])
 def test_is_blank(text):
     assert is_blank(text) is True
@@ -385,6 +387,15 @@ def test_is_blank(text):
 ])
 def test_is_not_blank(text):
     assert is_blank(text) is False
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Hello\nsee you\tsoon\r\n", []),
+    ("x\u0000", ["U+0000"]),
+    ("\x1b[31mred\x1b[0m \x07", ["U+0007", "U+001B"]),
+])
+def test_control_characters(text, expected):
+    assert control_characters(text) == expected
 
 
 @pytest.mark.parametrize("text, position", [
