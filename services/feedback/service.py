@@ -11,6 +11,7 @@ from libs.common.broker import Reject, Retry
 from libs.common.imis import ImisError, ImisUnavailable
 from libs.common.imis_queue import EARLIER_ATTEMPT_HEADER, publish_imis_job
 from libs.common.logs import log_context
+from libs.common.phones import check_number, is_e164, mask_number
 from libs.common.progress import CallbackOutcomes, RunProgress, apply_callback_status
 from libs.common.tenants import TenantNotFound, TenantRepository
 from services.feedback.text_log import SentTextLogger, SentTextNotFound
@@ -80,7 +81,7 @@ class FeedbackService:
         self._db.callbacks.insert_one({"tenant_id": tenant_id, "kind": "inbound", "received_at": now,
                                        "form": {key: value for key, value in form.items() if key != "Body"}})
         keyword = keyword_of(form.get("Body", ""), form.get("OptOutType"))
-        number = form.get("From", "")
+        number = self._normalised(tenant_id, form.get("From", ""))
         if keyword is None or not number:
             return None
         member_ids = sorted({str(m) for m in self._db.messages.distinct("member_id", {"tenant_id": tenant_id, "to": number}) if m})
@@ -89,6 +90,26 @@ class FeedbackService:
         else:
             self._record_opt_in(tenant_id, number, at=now)
         return keyword
+
+    def _normalised(self, tenant_id: str, raw: str) -> str:
+        """Return an inbound number in E.164, as texts are stored, so a STOP matches the member's texts.
+
+        Twilio sends E.164. A national number is read in the tenant's default country,
+        and one that cannot be read is kept as it came.
+        """
+        number = raw.strip()
+        if not number or is_e164(number):
+            return number
+        try:
+            country = self._tenants.get(tenant_id).default_country
+        except TenantNotFound:
+            return number
+        checked = check_number(number, country)
+        if checked.e164 is None:
+            logger.warning("inbound From %s is not a phone number (%s); keeping it as it came",
+                           mask_number(number), checked.reason)
+            return number
+        return checked.e164
 
     def _is_opt_out(self, tenant_id: str, error_code: int | None) -> bool:
         if error_code in OPT_OUT_ERROR_CODES:

@@ -304,6 +304,18 @@ def test_inbound_stop_records_opt_out(runtime, feedback, run):
     assert [job["kind"] for job in jobs] == ["textunsub"]
 
 
+@pytest.mark.parametrize("sent_from", ["2025550142", "(202) 555-0142", " +12025550142 "],
+                         ids=["national", "formatted", "spaces"])
+def test_inbound_stop_from_national_number(runtime, feedback, run, sent_from):
+    add_message(runtime, status="delivered")
+
+    feedback.on_inbound("ACME", {"From": sent_from, "To": "+18885550199", "Body": "STOP"})
+
+    optout = runtime.db.optouts.find_one({"_id": f"ACME:{CARLA_NUMBER}"})
+    assert optout["member_ids"] == [CARLA_ID]
+    assert runtime.db.optouts.count_documents({}) == 1
+
+
 def test_inbound_sentence_ignored(runtime, feedback, run):
     add_message(runtime, status="delivered")
 
