@@ -478,6 +478,130 @@ def test_repeat_weekly_then_stop(stack, browser):
     assert script_errors(browser) == []
 
 
+def put_schedule(driver, campaign_id: str, rule: dict) -> None:
+    """Set a campaign's recurring schedule through the API, with the signed-in page's session."""
+    error = driver.execute_async_script(
+        "const [campaignId, rule, done] = arguments;"
+        "import('/static/api.js').then((api) => api.callApi('PUT', `/api/campaigns/${campaignId}/schedule`, rule))"
+        "  .then(() => done(null), (failure) => done(failure.message));", campaign_id, rule)
+    assert error is None
+
+
+def test_change_schedule_keeps_zone(stack, browser):
+    """Changing a rule set in another zone than the organisation's keeps the rule's zone."""
+    signed_in(browser, stack)
+    campaign_id = create_campaign(browser, "Weekly in London", "A weekly reminder.")
+    put_schedule(browser, campaign_id, {"freq": "weekly", "weekdays": ["mon"], "time": "09:00",
+                                        "start": "2027-03-15", "tz": "Europe/London"})
+    browser.refresh()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#schedule-upcoming li")) == 5,
+             "the next occurrences show")
+    state = text_of(browser, "#schedule-state")
+    first = texts_of(browser, "#schedule-upcoming li")[0]
+
+    browser.find_element(By.ID, "change-schedule").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "schedule-form"), "the schedule form shows")
+    zone_note = text_of(browser, "#schedule-zone")
+    summary = text_of(browser, "#schedule-summary")
+    browser.find_element(By.ID, "set-schedule").click()
+    wait_for(browser, lambda d: not d.find_elements(By.ID, "schedule-form"), "the schedule form closes")
+    stored = stack.runtime.db.campaigns.find_one({"_id": campaign_id})
+
+    assert stored["schedule"]["tz"] == "Europe/London"
+    assert stored["schedule"]["time"] == "09:00"
+    assert zone_note == "Times are in the schedule's time zone, Europe/London."
+    assert "(Europe/London)" in summary
+    assert state == "Next texts go out at these times (Europe/London):"
+    assert "9:00" in first
+    assert script_errors(browser) == []
+
+
+def insert_second_run(stack: Stack, campaign_id: str, run_status: str, counts: dict) -> str:
+    """Store a new current run of the campaign, with these counts, as Send again leaves it."""
+    run_id = uuid.uuid4().hex
+    db = stack.runtime.db
+    db.runs.insert_one({"_id": run_id, "tenant_id": DEMO_CLOUD_ID, "campaign_id": campaign_id, "status": run_status,
+                        "due_at": START, "expanded": True, "counts": counts})
+    db.campaigns.update_one({"_id": campaign_id}, {"$set": {"current_run_id": run_id, "status": run_status}})
+    return run_id
+
+
+def test_send_again_shows_current_run(stack, browser):
+    signed_in(browser, stack)
+    campaign_id = insert_completed_campaign(stack, "Second run under way", sent=236)
+    insert_second_run(stack, campaign_id, "paused", {"recipients": 232, "sent": 9, "delivered": 7, "done": 9})
+    open_campaign(browser, stack, campaign_id)
+    wait_for(browser, lambda d: text_of(d, "[data-count=sent]") not in ("", "–"), "the counts show")
+
+    assert text_of(browser, "#run-progress") == "9 of 232 recipients sent so far."
+    assert text_of(browser, "#counts-caption") == "Current run:"
+    assert text_of(browser, "[data-count=recipients]") == "232"
+    assert text_of(browser, "[data-count=sent]") == "9"
+    assert text_of(browser, "[data-count=delivered]") == "7"
+    assert text_of(browser, "#all-runs-totals") == (
+        "All runs of this campaign together: 468 recipients, 245 sent, 243 delivered.")
+    assert script_errors(browser) == []
+
+
+def test_one_run_shows_no_totals(stack, browser):
+    signed_in(browser, stack)
+    campaign_id = insert_completed_campaign(stack, "Sent once")
+    open_campaign(browser, stack, campaign_id)
+    wait_for(browser, lambda d: text_of(d, "[data-count=sent]") == "233", "the counts show")
+
+    assert text_of(browser, "#run-progress") == "233 of 233 recipients were sent a text."
+    assert text_of(browser, "#all-runs-totals") == ""
+
+
+def store_text(stack: Stack, run_id: str, to: str, status: str, **fields) -> None:
+    stack.runtime.db.messages.insert_one({"_id": uuid.uuid4().hex, "tenant_id": DEMO_CLOUD_ID, "run_id": run_id,
+                                          "member_id": to[-4:], "to": to, "status": status, **fields})
+
+
+def test_texts_panel_words_and_refresh(stack, browser):
+    signed_in(browser, stack)
+    campaign_id = insert_completed_campaign(stack, "Texts in words", sent=0)
+    run_id = insert_second_run(stack, campaign_id, "paused", {"recipients": 4, "sent": 1})
+    store_text(stack, run_id, "+15550000001", "opted_out", reason="the number replied STOP")
+    store_text(stack, run_id, "+15550000002", "sending")
+    store_text(stack, run_id, "+15550000003", "skipped", sent_at=START, error_code=30006, reason="landline")
+    store_text(stack, run_id, "+15550000004", "skipped", reason="no mobile number")
+    open_campaign(browser, stack, campaign_id)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#run-texts tbody tr")) == 4,
+             "the texts show")
+    statuses = [status.split("\n")[0] for status in texts_of(browser, "#run-texts [data-col=status]")]
+
+    store_text(stack, run_id, "+15550000005", "sent", sent_at=START)
+    stack.runtime.db.runs.update_one({"_id": run_id}, {"$set": {"counts.sent": 2}})
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#run-texts tbody tr")) == 5,
+             "the new text shows without pressing Refresh", timeout_s=10)
+
+    assert statuses == ["opted out", "sending", "undeliverable", "skipped"]
+    assert text_of(browser, "#texts-summary") == "5 texts in this run."
+    assert script_errors(browser) == []
+
+
+def test_one_time_send_names_zone(stack, browser):
+    signed_in(browser, stack)
+    create_campaign(browser, "Once, with its zone", "A reminder.")
+    zone = browser.execute_script("return Intl.DateTimeFormat().resolvedOptions().timeZone;")
+    label = text_of(browser, "label[for=send-at]") or text_of(browser, "#send-panel .send-later label")
+
+    day = (max(datetime.now(timezone.utc), START) + timedelta(days=60)).date()
+    browser.execute_script(f"document.getElementById('send-at').value = '{day.isoformat()}T09:30';")
+    browser.find_element(By.ID, "schedule").click()
+    wait_for(browser, badge_is("scheduled"), "the campaign shows scheduled")
+    banner = text_of(browser, "#campaign-banner")
+    due = texts_of(browser, "#run-details dd")[1]
+
+    assert zone
+    assert label == f"Send once at ({zone})"
+    assert banner.startswith("Scheduled to send at ")
+    assert banner.endswith(f" ({zone}).")
+    assert due.endswith(f" ({zone})")
+    assert "9:30" in due
+
+
 def test_repeat_form_checks_weekdays(stack, browser):
     signed_in(browser, stack)
     campaign_id = create_campaign(browser, "No weekday", "Hello.")

@@ -5,7 +5,7 @@ import { callApi } from "./api.js";
 import { buildSchedulePanel, describeRule } from "./campaign-schedule.js";
 import { buildSendPanel } from "./campaign-send.js";
 import { COUNTS } from "./counts.js";
-import { el, fill, formatDateTime, formatInZone, formatNumber, plural, statusBadge } from "./dom.js";
+import { el, fill, formatDateTime, formatDateTimeWithZone, formatInZone, formatNumber, plural, statusBadge } from "./dom.js";
 import { errorBox, showError, clearErrors, whileBusy } from "./forms.js";
 import { organisationTimeZone } from "./organisation.js";
 import { buildPreviewPanel } from "./preview.js";
@@ -59,10 +59,15 @@ export function renderCampaignDetail(container, { page, params }) {
     const runKey = run ? `${run.id}:${run.status}:${run.counts.skipped}:${run.counts.undeliverable}` : null;
     if (runKey !== state.runKey) {
       state.runKey = runKey;
+      state.runCountsJson = run ? JSON.stringify(run.counts) : "";
       if (run) {
         view.report.load(run.id);
         view.texts.load(run.id);
       }
+    } else if (run && JSON.stringify(run.counts) !== state.runCountsJson) {
+      // The texts change as the run sends, so the panel reloads whenever the counts move.
+      state.runCountsJson = JSON.stringify(run.counts);
+      view.texts.refresh();
     }
   }
 
@@ -150,10 +155,12 @@ function buildView(campaignId) {
     return el("div", { className: "card figure", title: help }, el("h3", {}, label), counts[name]);
   }));
   const progress = el("progress", { className: "send-progress", max: 1, value: 0, "aria-label": "Texts sent" });
-  const progressLabel = el("p", { className: "hint" });
+  const progressLabel = el("p", { className: "hint", id: "run-progress" });
+  const countsCaption = el("p", { className: "hint", id: "counts-caption" });
+  const allRunsTotals = el("p", { className: "hint", id: "all-runs-totals", hidden: true });
 
   const view = {
-    buttons, actions, counts, progress, progressLabel, preview,
+    buttons, actions, counts, progress, progressLabel, countsCaption, allRunsTotals, preview,
     title: el("h1", { id: "campaign-name" }, "Campaign"),
     badges: el("span", { className: "title-badges" }),
     pageError: el("div", { className: "page-error", role: "alert", hidden: true }),
@@ -175,7 +182,7 @@ function buildView(campaignId) {
     el("p", { className: "breadcrumb" }, el("a", { href: "#/campaigns" }, "Campaigns")),
     el("div", { className: "page-header" }, el("div", { className: "title-line" }, view.title, view.badges), actions),
     view.pageError, view.runError, view.banner, view.deferredBanner,
-    countCards, progress, progressLabel,
+    countsCaption, countCards, progress, progressLabel, allRunsTotals,
     view.sendSlotTop,
     view.schedule.panel,
     preview.panel,
@@ -193,7 +200,7 @@ function render(view, campaign, archived) {
   fill(view.badges, statusBadge(campaign.status),
        campaign.schedule_active ? el("span", { className: "tag", id: "repeats-tag" }, "repeats") : null,
        archived ? el("span", { className: "tag" }, "archived") : null);
-  for (const [name] of COUNTS) fill(view.counts[name], formatNumber(campaign.counts[name]));
+  renderCounts(view, campaign);
   renderProgress(view, campaign);
 
   renderProblems(view, campaign);
@@ -214,8 +221,29 @@ function render(view, campaign, archived) {
   updateButtons(view, campaign, archived);
 }
 
+// The cards and the progress line show the current run; earlier runs count only in the totals line.
+function runCounts(campaign) {
+  const run = campaign.current_run;
+  const counts = {};
+  for (const [name] of COUNTS) counts[name] = run && run.counts ? run.counts[name] || 0 : 0;
+  return counts;
+}
+
+function renderCounts(view, campaign) {
+  const counts = runCounts(campaign);
+  for (const [name] of COUNTS) fill(view.counts[name], formatNumber(counts[name]));
+  fill(view.countsCaption, campaign.current_run ? "Current run:" : "");
+
+  const earlierRuns = COUNTS.some(([name]) => (campaign.counts[name] || 0) !== counts[name]);
+  view.allRunsTotals.hidden = !earlierRuns;
+  fill(view.allRunsTotals, earlierRuns
+    ? `All runs of this campaign together: ${formatNumber(campaign.counts.recipients)} recipients, ${
+        formatNumber(campaign.counts.sent)} sent, ${formatNumber(campaign.counts.delivered)} delivered.`
+    : "");
+}
+
 function renderProgress(view, campaign) {
-  const { recipients, sent } = campaign.counts;
+  const { recipients, sent } = runCounts(campaign);
   const run = campaign.current_run;
   const live = runIsActive(campaign);
   view.progress.max = Math.max(recipients, 1);
@@ -258,7 +286,7 @@ function bannerText(campaign, timeZone) {
   if (campaign.status === "paused") {
     return "Sending is paused. Texts not sent yet wait until you resume; see Recent problems on the Home page for the reason.";
   }
-  if (campaign.status === "scheduled") return run ? `Scheduled to send at ${formatDateTime(run.due_at)}.` : "Scheduled.";
+  if (campaign.status === "scheduled") return run ? `Scheduled to send at ${formatDateTimeWithZone(run.due_at)}.` : "Scheduled.";
   if (campaign.status === "cancelled") {
     return campaign.counts.sent > 0 ? "This campaign was cancelled. Texts that had not gone out were not sent."
                                     : "This campaign was cancelled before any text went out.";
@@ -302,7 +330,7 @@ function renderRun(view, run) {
   }
   fillDetails(view.runDetails, [
     ["Status", el("span", { "data-run-status": run.status }, run.status)],
-    ["Due at", formatDateTime(run.due_at)],
+    ["Due at", formatDateTimeWithZone(run.due_at)],
     run.recurring ? ["Started by", "the recurring schedule"] : null,
     ["Segments", run.segments === undefined ? "counted when the recipients are read" : formatNumber(run.segments)],
     run.deferred ? ["Waiting for the daily limit", formatNumber(run.deferred)] : null,

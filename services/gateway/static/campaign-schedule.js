@@ -1,5 +1,5 @@
 // Recurring schedules: the form that sets one, and the panel that shows the rule in words,
-// the next occurrences in the organisation's time zone, and the occurrences missed.
+// the next occurrences in the rule's time zone, and the occurrences missed.
 
 import { callApi } from "./api.js";
 import { el, fill, formatDate } from "./dom.js";
@@ -54,7 +54,8 @@ function formatOccurrence(iso, timeZone) {
 
 /**
  * Build the form that makes a campaign repeat, filled from the campaign's schedule when it
- * changes one. `onSaved()` runs after the API stored the schedule.
+ * changes one. A changed rule keeps its own time zone; a new rule gets the organisation's,
+ * which the API fills in. `onSaved()` runs after the API stored the schedule.
  */
 export function buildScheduleForm(campaign, onSaved) {
   const rule = campaign.schedule || {};
@@ -92,14 +93,14 @@ export function buildScheduleForm(campaign, onSaved) {
   function update() {
     weekdays.hidden = inputs.freq.value !== "weekly";
     dayField.hidden = inputs.freq.value !== "monthly";
-    const values = readRule(inputs, weekdayBoxes);
-    fill(summary, values.start && values.time ? describeRule({ ...values, tz: form.dataset.timeZone || "" }) : "");
+    const values = readRule(inputs, weekdayBoxes, rule.tz);
+    fill(summary, values.start && values.time ? describeRule({ tz: form.dataset.timeZone || "", ...values }) : "");
   }
   form.addEventListener("input", update);
   form.addEventListener("change", update);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    const values = readRule(inputs, weekdayBoxes);
+    const values = readRule(inputs, weekdayBoxes, rule.tz);
     const problem = checkRule(values);
     if (problem) {
       showMessage(form, problem.message, problem.field);
@@ -108,19 +109,24 @@ export function buildScheduleForm(campaign, onSaved) {
     whileBusy(form, () => saveSchedule(form, campaign.id, values, onSaved));
   });
 
-  organisationTimeZone().then((zone) => {
-    form.dataset.timeZone = zone;
-    if (!inputs.start.value) inputs.start.value = todayIn(zone);
-    fill(zoneNote, zone ? `Times are in the organisation's time zone, ${zone}. An administrator can change it in Settings.`
-                        : "Times are in the organisation's time zone, set in Settings.");
-    update();
-  });
+  if (rule.tz) {
+    fill(zoneNote, `Times are in the schedule's time zone, ${rule.tz}.`);
+  } else {
+    organisationTimeZone().then((zone) => {
+      form.dataset.timeZone = zone;
+      if (!inputs.start.value) inputs.start.value = todayIn(zone);
+      fill(zoneNote, zone ? `Times are in the organisation's time zone, ${zone}. An administrator can change it in Settings.`
+                          : "Times are in the organisation's time zone, set in Settings.");
+      update();
+    });
+  }
   update();
   return form;
 }
 
-function readRule(inputs, weekdayBoxes) {
+function readRule(inputs, weekdayBoxes, timeZone) {
   const values = { freq: inputs.freq.value, time: inputs.time.value, start: inputs.start.value };
+  if (timeZone) values.tz = timeZone;
   if (inputs.end.value) values.end = inputs.end.value;
   if (values.freq === "weekly") values.weekdays = weekdayBoxes.filter((box) => box.checked).map((box) => box.value);
   if (values.freq === "monthly") values.day = inputs.day.value === "" ? null : Number(inputs.day.value);
@@ -184,9 +190,11 @@ export function buildSchedulePanel(onChanged) {
 
   async function loadUpcoming(campaign) {
     try {
-      const [schedule, zone] = await Promise.all([callApi("GET", `/api/campaigns/${campaign.id}/schedule`),
-                                                  organisationTimeZone()]);
+      const [schedule, organisationZone] = await Promise.all([callApi("GET", `/api/campaigns/${campaign.id}/schedule`),
+                                                              organisationTimeZone()]);
+      const zone = campaign.schedule.tz || organisationZone;
       error.hidden = true;
+      fill(state, zone ? `Next texts go out at these times (${zone}):` : "Next texts go out at these times:");
       fill(upcoming, schedule.upcoming.map((iso) => el("li", { "data-occurrence": iso }, formatOccurrence(iso, zone))));
       const misses = schedule.missed_occurrences || [];
       const skips = schedule.skipped_occurrences || [];
@@ -199,6 +207,7 @@ export function buildSchedulePanel(onChanged) {
         notes.push(`Not sent because the earlier run had not finished: ${
           skips.map((skip) => `${formatOccurrence(skip.at, zone)} (${skip.reason})`).join("; ")}.`);
       }
+      if (notes.length && zone) notes.push(`Times are in ${zone}.`);
       missed.hidden = !notes.length;
       fill(missed, notes.join(" "));
     } catch (failure) {

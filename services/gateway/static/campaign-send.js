@@ -4,7 +4,7 @@
 
 import { callApi } from "./api.js";
 import { buildScheduleForm } from "./campaign-schedule.js";
-import { el, fill, formatDateTime, formatInZone, plural } from "./dom.js";
+import { browserTimeZone, el, fill, formatDateTimeWithZone, formatInZone, plural } from "./dom.js";
 import { clearErrors, errorBox, field, showError, showMessage, whileBusy } from "./forms.js";
 import { organisationTimeZone } from "./organisation.js";
 
@@ -42,7 +42,7 @@ export function buildSendPanel(campaign, onSent, onScheduled) {
   const sendAt = el("input", { name: "send_at", type: "datetime-local", id: "send-at", step: 60 });
   sendAt.min = localInputValue(new Date());
   const zoneNote = el("p", { className: "hint", id: "send-at-zone" });
-  const browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "your computer's time zone";
+  const browserZone = browserTimeZone() || "your computer's time zone";
   fill(zoneNote, `Your computer's time (${browserZone}).`);
   const confirm = buildResendConfirm(campaign);
 
@@ -53,7 +53,7 @@ export function buildSendPanel(campaign, onSent, onScheduled) {
           el("button", { type: "button", className: "button button-primary", id: "send-now" }, "Send now"),
           el("p", { className: "hint" }, "Starts within seconds, at the sender number's rate.")),
        el("div", { className: "send-later" },
-          field("Send once at", sendAt),
+          field(`Send once at (${browserZone})`, sendAt),
           zoneNote,
           el("button", { type: "submit", className: "button", id: "schedule" }, "Schedule"))),
     confirm.box);
@@ -154,7 +154,7 @@ function buildResendConfirm(campaign) {
     state.sendAt = sendAt;
     box.hidden = false;
     yes.disabled = true;
-    const when = sendAt ? `at ${formatDateTime(sendAt)}` : "now";
+    const when = sendAt ? `at ${formatDateTimeWithZone(sendAt)}` : "now";
     const earlier = `Earlier runs of this campaign sent ${plural(sentBefore, "text")}.`;
     fill(text, "Counting the members the query returns now…");
     fill(yes, sendAt ? "Schedule again" : "Send again");

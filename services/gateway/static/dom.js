@@ -56,6 +56,18 @@ export function formatDate(isoDate) {
   return new Intl.DateTimeFormat(undefined, { dateStyle: "long" }).format(new Date(year, month - 1, day));
 }
 
+/** Return this browser's IANA time zone, such as "America/Chicago", or "" when it does not say. */
+export function browserTimeZone() {
+  return Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+}
+
+/** Format an instant in this browser's time zone and name the zone: "Dec 6, 2026, 9:00 AM (America/Chicago)". */
+export function formatDateTimeWithZone(iso) {
+  const zone = browserTimeZone();
+  const text = formatDateTime(iso);
+  return iso && zone ? `${text} (${zone})` : text;
+}
+
 export function formatDateTime(iso) {
   if (!iso) return "–";
   const moment = new Date(iso);
