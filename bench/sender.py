@@ -393,9 +393,9 @@ def raise_priority(niceness: int) -> str:
 
     The benchmark judges timing to a few milliseconds. On a machine shared with other
     work, a thread that wakes for its send slot, or the simulator thread that reads the
-    create, can wait tens of milliseconds for a CPU, which says nothing about the
-    sender. A lower niceness (needs root or CAP_SYS_NICE) lets both run as soon as they
-    wake. Children started later inherit it.
+    create, can wait tens of milliseconds for a CPU, which is not the sender's doing.
+    A lower niceness (needs root or CAP_SYS_NICE) lets both run as soon as they wake.
+    Children started later inherit it.
     """
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if niceness >= current:

@@ -38,11 +38,11 @@ def unknown_outcome_since(message: dict | None) -> datetime | None:
 def find_created_message(twilio, tenant: Tenant, job: dict, since: datetime, *, db: Database) -> ListedMessage | None:
     """Return the message Twilio created for the job's text at or after `since`, or None.
 
-    A listed message matches when it has the job's body, comes from the tenant's sender
-    number (or from a messaging service, which lists no number), and its SID is not
-    recorded on any message in the store: a text of another run to the same member, or
-    an earlier attempt of this one, is not this attempt. Raises TwilioError or
-    TwilioUnavailable when the list cannot be read.
+    A listed message matches when it has the job's body and comes from the tenant's
+    sender number (or from a messaging service, which lists no number). Its SID must
+    also be on no message in the store, because a text of another run to the same
+    member, or an earlier attempt of this one, is not this attempt. Raises TwilioError
+    or TwilioUnavailable when the list cannot be read.
     """
     sent_after = since.replace(tzinfo=timezone.utc) - RECONCILE_MARGIN
     for message in twilio.list_messages(to=job["to"], sent_after=sent_after):

@@ -475,8 +475,8 @@ class TwilioSimulator:
         """Handle one create request and return (HTTP status, JSON body).
 
         `waited_s` is the time since the request arrived. The record's `arrived_at` is
-        the clock less that wait, so that pacing measured by arrival leaves out the time
-        this process spent routing and parsing; every other timestamp is the clock's.
+        the clock less that wait, so pacing measured by arrival leaves out the time this
+        process spent routing and parsing. Every other timestamp is the clock's.
         """
         received_at = self._clock()
         lifecycle = None

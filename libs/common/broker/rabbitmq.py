@@ -28,7 +28,7 @@ RECONNECT_MAX_S = 30.0
 STOP_CHECK_S = 0.25
 CONTENT_TYPE = "application/json"
 # How every queue stores its messages. A job queue can hold a whole run of 10,000 texts or
-# more, drained at a few per second, and every message is persistent: lazy mode writes
+# more, drained at a few per second, and every message is persistent. Lazy mode writes
 # them straight to disk instead of holding them in memory too, and the version 2 index
 # writes them faster. Publishing 92,000 confirmed jobs on RabbitMQ 3.10 (2 cores) took
 # 6.0 s with the defaults and 3.5 s with these. RabbitMQ 3.12 and later ignore the mode
@@ -36,9 +36,9 @@ CONTENT_TYPE = "application/json"
 # queue declared earlier with other arguments must be deleted once (deploy/README.md).
 QUEUE_STORAGE = {"x-queue-mode": "lazy", "x-queue-version": 2}
 # Work queues, with their partitions, that deliver to one consumer at a time however many
-# consumers wait on them. The iMIS vendor asks integrators for serial calls to a site,
-# and each feedback process (every gunicorn worker is one) consumes each tenant's
-# partition of tm.imis, so RabbitMQ picks one of them; another takes over if it goes.
+# consumers wait on them. The iMIS vendor requests serial calls to a site, and each
+# feedback process (every gunicorn worker is one) consumes each tenant's partition of
+# tm.imis. RabbitMQ delivers to one of them, and another takes over if it goes.
 SINGLE_ACTIVE_CONSUMER_QUEUES = (QUEUE_IMIS,)
 
 
