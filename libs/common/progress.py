@@ -19,12 +19,15 @@ from libs.common.broker import PublishError, tenant_jobs_queue
 
 logger = logging.getLogger(__name__)
 
-# The counters staff see on every run; runs also count `done`, the messages with a final status.
-# `recipients` are the texts to send, and each ends under one final counter: `delivered`,
-# `failed`, `undeliverable` (Twilio accepted it, then reported error 30005 or 30006),
-# `opted_out`, `cancelled` (its run stopped before it went out) or `skipped` (Twilio refused
-# its create call with a skip code). `sent` counts the texts Twilio accepted. `skipped` also
-# counts the IQA rows set aside before sending, which are not recipients.
+# The counters staff see on every run. Runs also count `done`, the messages with a final
+# status. `recipients` are the texts to send, and each ends under one final counter:
+# - `delivered` or `failed`;
+# - `undeliverable`: Twilio accepted it, then reported error 30005 or 30006;
+# - `opted_out`;
+# - `cancelled`: its run stopped before it went out;
+# - `skipped`: Twilio refused its create call with a skip code.
+# `sent` counts the texts Twilio accepted. `skipped` also counts the IQA rows set aside
+# before sending, which are not recipients.
 RUN_COUNTERS = ("recipients", "sent", "delivered", "failed", "undeliverable", "opted_out", "cancelled", "skipped")
 FINAL_STATUSES = ("delivered", "undelivered", "failed", "opted_out", "skipped", "cancelled")
 PARKED_STATUSES = ("retrying", "paused", "deferred")
