@@ -104,7 +104,7 @@ def create_campaign():
 @requires_session
 def update_campaign(campaign_id: str):
     """Replace a draft's fields, or those of a campaign not yet started (409 otherwise, saying why)."""
-    data = load(schemas.CampaignIn())
+    data = load(schemas.CampaignEditIn())
     ctx = _ctx()
     editor = CampaignEditor(ctx.runtime.db, campaigns=ctx.campaigns, clock=ctx.runtime.clock)
     campaign = editor.update(g.tenant_id, campaign_id, data, g.session["username"])

@@ -68,9 +68,15 @@ class CampaignEditor:
 
         Raises NotFound, or Conflict saying why the campaign cannot change. The write
         happens only while the campaign's status and run are as checked, so a send,
-        schedule or cancel that lands first makes it raise Conflict instead.
+        schedule or cancel that lands first makes it raise Conflict instead. With a
+        `revision` in `fields`, a campaign edited since that revision raises Conflict
+        too, so two staff editing one draft do not silently overwrite each other.
         """
+        fields = dict(fields)
+        revision = fields.pop("revision", None)
         campaign = self._campaigns.get(tenant_id, campaign_id)
+        if revision is not None and campaign.get("revision", 0) != revision:
+            raise _changed_since(campaign)
         refusal = edit_refusal(campaign)
         if refusal is not None:
             raise Conflict(refusal, {"status": campaign["status"]})
@@ -80,12 +86,25 @@ class CampaignEditor:
 
         selector = {"_id": campaign_id, "tenant_id": tenant_id, "status": campaign["status"],
                     "current_run_id": campaign.get("current_run_id"), "schedule_active": {"$ne": True}}
+        if revision is not None:
+            selector["revision"] = revision if revision else {"$in": [0, None]}
         changes = dict(fields, updated_at=now, updated_by=username)
-        if self._db.campaigns.find_one_and_update(selector, {"$set": changes}) is None:
+        if self._db.campaigns.find_one_and_update(selector, {"$set": changes, "$inc": {"revision": 1}}) is None:
+            latest = self._campaigns.get(tenant_id, campaign_id)
+            if revision is not None and latest.get("revision", 0) != revision:
+                raise _changed_since(latest)
             raise Conflict("the campaign was sent, scheduled or cancelled while the change was saved: reload it, "
                            "then edit it again if it can still change")
         logger.info("campaign %s edited", campaign_id)
         return self._campaigns.get(tenant_id, campaign_id)
+
+
+def _changed_since(campaign: dict) -> Conflict:
+    who = campaign.get("updated_by") or "someone"
+    when = campaign.get("updated_at")
+    at = f" at {when:%Y-%m-%d %H:%M} UTC" if when else ""
+    return Conflict(f"{who} changed this campaign{at} after you opened it: reload it to see their change, "
+                    "then make yours again", {"revision": campaign.get("revision", 0)})
 
 
 def _check_time_left(due_at: datetime, now: datetime) -> None:

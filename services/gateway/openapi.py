@@ -20,7 +20,7 @@ OPERATIONS = [
     ("post", "/api/campaigns", "Create a draft campaign", "CampaignIn", 201, "CampaignSavedOut"),
     ("get", "/api/campaigns/{campaign_id}", "A campaign with its counts", None, 200, "CampaignOut"),
     ("put", "/api/campaigns/{campaign_id}", "Change a draft, or a campaign that has not started sending",
-     "CampaignIn", 200, "CampaignSavedOut"),
+     "CampaignEditIn", 200, "CampaignSavedOut"),
     ("post", "/api/campaigns/{campaign_id}/send", "Send now or at send_at", "SendIn", 202, "CampaignOut"),
     ("post", "/api/campaigns/{campaign_id}/pause", "Pause between texts", None, 200, "CampaignOut"),
     ("post", "/api/campaigns/{campaign_id}/resume", "Resume where sending stopped", None, 200, "CampaignOut"),

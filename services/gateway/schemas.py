@@ -102,6 +102,14 @@ class CampaignIn(Schema):
                                   f"for example {IQA_PATH_EXAMPLE}")
 
 
+class CampaignEditIn(CampaignIn):
+    """A change to a saved campaign, with the revision the editor started from."""
+
+    revision = fields.Integer(load_default=None, validate=validate.Range(min=0), metadata={"description": (
+        "the campaign's revision when the editor loaded it; a campaign changed since is refused with 409. "
+        "Omit it to replace the campaign whatever changed")})
+
+
 class CountsOut(Schema):
     recipients = fields.Integer()
     sent = fields.Integer()
@@ -156,6 +164,8 @@ class CampaignOut(Schema):
     error = fields.String(allow_none=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
+    updated_by = fields.String()
+    revision = fields.Integer(dump_default=0, metadata={"description": "how many times the campaign was edited"})
     counts = fields.Nested(CountsOut)
     current_run = fields.Nested(RunOut, allow_none=True)
     schedule = fields.Dict(allow_none=True, dump_default=None, metadata={"description": (

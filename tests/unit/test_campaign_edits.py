@@ -91,6 +91,44 @@ def test_draft_changed(staff, runtime):
     assert stored["tenant_id"] == "ACME"
 
 
+def test_second_editor_of_same_revision_refused(app, staff, runtime):
+    """Two staff open the same draft; the one who saves second is told, not overwritten."""
+    campaign = create(staff)
+    bob = signed_in(app, username="bob")
+    runtime.clock.advance(60)
+
+    first = put(bob, campaign["id"], {**CHANGED, "revision": campaign["revision"]})
+    second = put(staff, campaign["id"], {**CAMPAIGN, "body": "Alice's text", "revision": campaign["revision"]})
+
+    assert first.status_code == 200
+    assert first.get_json()["revision"] == campaign["revision"] + 1
+    assert second.status_code == 409
+    assert "bob changed this campaign" in second.get_json()["message"]
+    assert "reload it to see their change" in second.get_json()["message"]
+    assert read(staff, campaign["id"])["body"] == CHANGED["body"]
+
+
+def test_edit_from_latest_revision_saved(staff):
+    campaign = create(staff)
+    first = put(staff, campaign["id"], {**CHANGED, "revision": campaign["revision"]}).get_json()
+
+    second = put(staff, campaign["id"], {**CAMPAIGN, "revision": first["revision"]})
+
+    assert campaign["revision"] == 0
+    assert second.status_code == 200
+    assert second.get_json()["revision"] == 2
+
+
+def test_edit_without_revision_replaces(staff):
+    campaign = create(staff)
+    put(staff, campaign["id"], CHANGED)
+
+    response = put(staff, campaign["id"], CAMPAIGN)
+
+    assert response.status_code == 200
+    assert response.get_json()["body"] == CAMPAIGN["body"]
+
+
 def test_change_lists_columns_for_preview(staff):
     campaign = create(staff)
 

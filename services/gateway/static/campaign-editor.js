@@ -53,10 +53,10 @@ export function renderCampaignEditor(container, { page, params = [] }) {
   const remeasure = () => measureLater(page, inputs, counter);
   inputs.body.addEventListener("input", remeasure);
   inputs.smart_encoding.addEventListener("change", remeasure);
-  const saved = { prompts: {} };
+  const saved = { prompts: {}, revision: null };
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    whileBusy(form, () => saveCampaign(form, inputs, campaignId, saved.prompts));
+    whileBusy(form, () => saveCampaign(form, inputs, campaignId, saved));
   });
   if (campaignId) {
     whileBusy(form, () => loadCampaign(page, form, inputs, campaignId)).then((campaign) => {
@@ -66,6 +66,7 @@ export function renderCampaignEditor(container, { page, params = [] }) {
         return;
       }
       saved.prompts = campaign.prompts || {};
+      saved.revision = campaign.revision || 0;
       showCampaignState(form, campaign);
       remeasure();
       inputs.name.focus();
@@ -138,7 +139,7 @@ function showMeasurement(counter, result, smartEncoding) {
   }
 }
 
-async function saveCampaign(form, inputs, campaignId, prompts) {
+async function saveCampaign(form, inputs, campaignId, saved) {
   const body = {
     name: inputs.name.value.trim(),
     body: inputs.body.value,
@@ -149,7 +150,11 @@ async function saveCampaign(form, inputs, campaignId, prompts) {
   };
   if (inputs.email.value.trim()) body.email = inputs.email.value.trim();
   // Prompts have no field in the form yet, so an edit sends back the ones the campaign has.
-  if (campaignId) body.prompts = prompts;
+  if (campaignId) {
+    body.prompts = saved.prompts;
+    // The revision the form was loaded at: a change someone else saved since is refused.
+    if (saved.revision !== null) body.revision = saved.revision;
+  }
   try {
     const campaign = campaignId ? await callApi("PUT", `/api/campaigns/${campaignId}`, body)
                                 : await callApi("POST", "/api/campaigns", body);
