@@ -13,32 +13,15 @@ from libs.common.broker import (
     ATTEMPT_HEADER, DEAD_ATTEMPT_HEADER, DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER, QUEUE_DEAD, QUEUE_IMIS,
     QUEUE_JOBS, QUEUE_RUNS, Delivery, Retry, tenant_jobs_queue,
 )
-from libs.common.clock import FakeClock
 from services.scheduler.dead_letters import (
     MAX_IMIS_NOTICES_PER_HOUR, MAX_TRIES, DeadLetterHandler, read_dead_letter,
 )
 from tests.broker_support import ConsumerThread
-from tests.sender_support import FAKE_START, SenderWorld, unavailable
+from tests.sender_fixtures import clock, tenant, world  # noqa: F401 (fixtures)
+from tests.sender_support import SenderWorld, unavailable
 
 STORE_ERROR = "AutoReconnect: the store did not respond"
 GAVE_UP = f"gave up after 5 attempts: {STORE_ERROR}"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(start=FAKE_START)
-
-
-@pytest.fixture
-def world(clock):
-    world = SenderWorld(clock)
-    yield world
-    world.close()
-
-
-@pytest.fixture
-def tenant(world):
-    return world.tenant()
 
 
 class Pauses:

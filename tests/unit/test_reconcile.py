@@ -4,18 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
-from libs.common.clock import FakeClock
 from libs.common.reconcile import find_created_message
-from tests.sender_support import FAKE_START, SenderWorld
-
-
-@pytest.fixture
-def world():
-    world = SenderWorld(FakeClock(FAKE_START))
-    yield world
-    world.close()
+from tests.sender_fixtures import clock, world  # noqa: F401 (fixtures)
 
 
 def test_attempt_found_by_body_and_sender(world):

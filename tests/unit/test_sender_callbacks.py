@@ -8,38 +8,16 @@ import random
 import pytest
 
 from libs.common.broker import PublishError, delay_queue_name, tenant_jobs_queue
-from libs.common.clock import FakeClock
 from libs.common.progress import (
     CALLBACK_RETRIES, REPUBLISH_GRACE_S, SPAM_FILTERED, CallbackOutcomes, backoff_s,
 )
 from services.feedback.service import FeedbackService
 from services.gateway.service import CampaignService
 from services.scheduler.service import Scheduler
-from tests.sender_support import DELAYS, FAKE_START, SENDER_NUMBER, SenderWorld, delivery
+from tests.sender_fixtures import broker, clock, tenant, world  # noqa: F401 (fixtures)
+from tests.sender_support import DELAYS, SENDER_NUMBER, delivery
 
 QUEUE = tenant_jobs_queue("ACME")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(start=FAKE_START)
-
-
-@pytest.fixture
-def world(clock):
-    world = SenderWorld(clock)
-    yield world
-    world.close()
-
-
-@pytest.fixture
-def tenant(world):
-    return world.tenant()
-
-
-@pytest.fixture
-def broker(world):
-    return world.broker()
 
 
 @pytest.fixture

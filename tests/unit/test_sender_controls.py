@@ -14,21 +14,10 @@ from libs.common.clock import FakeClock
 from services.gateway.service import CampaignService
 from services.scheduler.service import Scheduler
 from services.sender.pacing import Pacer
+from tests.sender_fixtures import clock, world  # noqa: F401 (fixtures)
 from tests.sender_support import FAKE_START, WAIT_S, Instance, SenderWorld, delivery, twilio_error
 
 QUEUE = tenant_jobs_queue("ACME")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(start=FAKE_START)
-
-
-@pytest.fixture
-def world(clock):
-    world = SenderWorld(clock)
-    yield world
-    world.close()
 
 
 @pytest.fixture

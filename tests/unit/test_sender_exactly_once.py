@@ -8,25 +8,13 @@ import time
 import pytest
 
 from libs.common.broker import Retry, tenant_jobs_queue
-from libs.common.clock import FakeClock
 from libs.common.crypto import SecretBox
 from libs.common.message_ids import MessageIds
 from libs.common.progress import apply_callback_status
-from tests.sender_support import FAKE_START, WAIT_S, Instance, SenderWorld, delivery
+from tests.sender_fixtures import clock, world  # noqa: F401 (fixtures)
+from tests.sender_support import WAIT_S, Instance, SenderWorld, delivery
 
 QUEUE = tenant_jobs_queue("ACME")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(start=FAKE_START)
-
-
-@pytest.fixture
-def world(clock):
-    world = SenderWorld(clock)
-    yield world
-    world.close()
 
 
 def finish_with(world: SenderWorld, done, *, advance_s: float = 30.0) -> None:

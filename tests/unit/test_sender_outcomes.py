@@ -7,32 +7,10 @@ import random
 import pytest
 
 from libs.common.broker import QUEUE_IMIS, PublishError, Retry
-from libs.common.clock import FakeClock
 from libs.common.imis_queue import tenant_imis_queue
 from services.sender import outcomes
-from tests.sender_support import FAKE_START, SENDER_NUMBER, SenderWorld, delivery, twilio_error, unavailable
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(start=FAKE_START)
-
-
-@pytest.fixture
-def world(clock):
-    world = SenderWorld(clock)
-    yield world
-    world.close()
-
-
-@pytest.fixture
-def tenant(world):
-    return world.tenant()
-
-
-@pytest.fixture
-def broker(world):
-    return world.broker()
+from tests.sender_fixtures import broker, clock, tenant, world  # noqa: F401 (fixtures)
+from tests.sender_support import SENDER_NUMBER, delivery, twilio_error, unavailable
 
 
 @pytest.fixture
