@@ -57,3 +57,10 @@ def start_of_day(moment: datetime) -> datetime:
 
 
 ONE_DAY = timedelta(days=1)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Return a datetime in UTC. A naive one is taken as UTC, because MongoDB returns stored datetimes naive."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Protocol
 
 from pymongo.database import Database
@@ -145,8 +145,3 @@ def body_as_html(body: str) -> str:
     return html.escape(body.replace("\r\n", "\n")).replace("\n", "<br>")
 
 
-def as_utc(moment: datetime) -> datetime:
-    """Return a datetime in UTC. A naive one is taken as UTC, because MongoDB returns stored datetimes naive."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 RUN_COUNTERS = ("recipients", "sent", "delivered", "failed", "undeliverable", "opted_out", "cancelled", "skipped")
 FINAL_STATUSES = ("delivered", "undelivered", "failed", "opted_out", "skipped", "cancelled")
 PARKED_STATUSES = ("retrying", "paused", "deferred")
+# Run statuses from creation until the run completes, fails or is cancelled.
+ACTIVE_RUN_STATUSES = ("due", "publishing", "queued", "expanding", "sending", "paused")
 RUN_PAUSABLE_STATUSES = ("expanding", "sending")
 # The fields of a `tm.jobs` body; a message document stores all of them but `message_id`, its `_id`.
 JOB_FIELDS = ("tenant_id", "campaign_id", "run_id", "message_id", "member_id", "to", "body", "segments", "encoding")

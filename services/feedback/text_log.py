@@ -18,7 +18,8 @@ import logging
 from pymongo.database import Database
 
 from libs.common.imis import ImisError, ImisNotSupported, ImisUnavailable
-from libs.common.imis_log import ACTIVITY, INTERACTION, OFF, WRITERS, SentText, TextLogEntry, as_utc
+from libs.common.clock import as_utc
+from libs.common.imis_log import ACTIVITY, INTERACTION, OFF, WRITERS, SentText, TextLogEntry
 from libs.common.tenants import Tenant
 
 logger = logging.getLogger(__name__)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 from flask import Blueprint, current_app, g
 from marshmallow import Schema, fields, validate
 from pymongo import ReturnDocument
 from pymongo.database import Database
 
+from libs.common.clock import as_utc
+from libs.common.progress import ACTIVE_RUN_STATUSES
 from services.gateway.api import load, requires_session
 from services.gateway.errors import Conflict, InvalidInput, NotFound
-from services.gateway.service import ACTIVE_RUN_STATUSES
 from services.scheduler.recurrence import FREQUENCIES, WEEKDAY_NAMES, Rule, RuleError
 
 schedules = Blueprint("schedules", __name__, url_prefix="/api")
@@ -124,7 +125,7 @@ class CampaignSchedules:
                 occurrences = Rule.from_dict(campaign["schedule"]).occurrences()
             except RuleError:
                 occurrences = iter(())
-            later = (moment for moment in occurrences if moment >= _aware(campaign["next_occurrence"]))
+            later = (moment for moment in occurrences if moment >= as_utc(campaign["next_occurrence"]))
             upcoming = list(itertools.islice(later, UPCOMING_COUNT))
         return dict(campaign, upcoming=upcoming)
 
@@ -163,11 +164,6 @@ def _check_dates(rule_fields: dict, today: date) -> None:
     if rule_fields.get("end") and date.fromisoformat(rule_fields["end"]) > latest:
         message = f"end must be on or before {latest.isoformat()}"
         raise InvalidInput(f"{message}: pick an earlier end date, or none", {"fields": {"end": [message]}})
-
-
-def _aware(moment: datetime) -> datetime:
-    """Return a stored instant as an aware UTC datetime; a client without tz_aware returns it naive."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _context():

@@ -11,14 +11,13 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 
 from libs.common.broker import PublishError, tenant_jobs_queue
-from libs.common.progress import RUN_COUNTERS, RunProgress
+from libs.common.progress import ACTIVE_RUN_STATUSES, RUN_COUNTERS, RunProgress
 from services.gateway.errors import Conflict, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
 COUNT_NAMES = RUN_COUNTERS
 MESSAGE_FIELDS = ("member_id", "to", "status", "sid", "sent_at", "error_code", "reason", "imis_log")
-ACTIVE_RUN_STATUSES = ("due", "publishing", "queued", "expanding", "sending", "paused")
 
 
 class CampaignService:

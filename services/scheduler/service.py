@@ -11,7 +11,7 @@ from pymongo.errors import DuplicateKeyError
 
 from libs.common.broker import QUEUE_JOBS, QUEUE_RUNS, PublishError, tenant_jobs_queue
 from libs.common.logs import log_context
-from libs.common.progress import RUN_COUNTERS
+from libs.common.progress import ACTIVE_RUN_STATUSES, RUN_COUNTERS
 from services.scheduler.recurrence import Rule, RuleError
 from services.scheduler.text_logs import UnloggedTexts
 
@@ -20,7 +20,6 @@ logger = logging.getLogger(__name__)
 # An occurrence found later than this (the scheduler was down) is recorded as missed
 # rather than sent late, so members do not get a morning text in the evening.
 MISSED_AFTER = timedelta(hours=1)
-FINISHED_RUN_STATUSES = ("completed", "failed", "cancelled")
 
 
 class Scheduler:
@@ -101,7 +100,7 @@ class Scheduler:
         if not run_id:
             return None
         return self._db.runs.find_one({"_id": run_id, "tenant_id": campaign["tenant_id"],
-                                       "status": {"$nin": list(FINISHED_RUN_STATUSES)}},
+                                       "status": {"$in": list(ACTIVE_RUN_STATUSES)}},
                                       {"status": 1, "due_at": 1})
 
     def _insert_run(self, campaign: dict, run_id: str, occurrence) -> None:

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 
 from pymongo.database import Database
 
-from libs.common.imis_log import as_utc, publish_sent_text
+from libs.common.clock import as_utc
+from libs.common.imis_log import publish_sent_text
 from libs.common.progress import job_of
 
 logger = logging.getLogger(__name__)
