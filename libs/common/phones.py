@@ -126,7 +126,7 @@ def sender_number_problem(value: str) -> str | None:
 
     A sender is a short code of 5 or 6 digits, or a valid E.164 number of a type that
     Twilio sends texts from. Those types are mobile, toll-free, and fixed line or
-    mobile, which is how US and Canadian long codes parse. The message says what to
+    mobile, which is how US and Canadian long codes parse. The message names what to
     enter instead.
     """
     if SHORT_CODE_PATTERN.fullmatch(value):

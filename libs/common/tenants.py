@@ -75,7 +75,7 @@ class TenantRepository:
 
     @property
     def database(self) -> Database:
-        """The database that holds the tenants, for changes that follow a tenant's."""
+        """The database that contains the tenants, for changes that follow a tenant's."""
         return self._collection.database
 
     def get(self, cloud_id: str) -> Tenant:

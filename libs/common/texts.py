@@ -158,7 +158,7 @@ def smart_encode(text: str) -> str:
 # Braille pattern, which render as empty space, and the variation selectors, which
 # only modify the character before them.
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-# Marks that Unicode says to show as nothing (default ignorable): the combining grapheme
+# Marks that Unicode lists as default ignorable, shown as nothing: the combining grapheme
 # joiner, two Khmer vowels and the Mongolian variation selectors.
 _IGNORABLE_MARKS = frozenset("\u034f\u17b4\u17b5\u180b\u180c\u180d\u180f")
 _VARIATION_SELECTORS = (("\ufe00", "\ufe0f"), ("\U000e0100", "\U000e01ef"))

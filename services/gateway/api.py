@@ -94,7 +94,7 @@ def list_campaigns():
 @api.post("/campaigns")
 @requires_session
 def create_campaign():
-    """Create a draft campaign; the response's `notes` say what only preview can check."""
+    """Create a draft campaign; the response's `notes` list what only preview can check."""
     data = load(schemas.CampaignIn())
     campaign = _ctx().campaigns.create(g.tenant_id, data, g.session["username"])
     return schemas.CampaignSavedOut().dump(dict(campaign, notes=preview_notes(data))), 201

@@ -102,13 +102,13 @@ def check_credentials(tenants: TenantRepository, *, cloud_id: str, username: str
                       timeout_s: float) -> Tenant:
     """Check the staff member's iMIS credentials; return the tenant, or raise SignInFailed or UpstreamUnavailable.
 
-    An unknown Cloud ID gets the same SignInFailed as a wrong password, so the answer
-    does not tell which Cloud IDs exist. The Cloud ID must match as stored, letter
+    An unknown Cloud ID gets the same SignInFailed as a wrong password, so the response
+    does not reveal which Cloud IDs exist. The Cloud ID must match as stored, letter
     case included, because neither the iMIS API nor the product documentation says
     whether Cloud IDs ignore case, and the store keys tenants by the exact Cloud ID.
     """
-    # NOTE: an unknown Cloud ID is answered without the iMIS call, so a client that
-    # times the answers can still tell it apart. The throttle bounds how many it can try.
+    # NOTE: an unknown Cloud ID is rejected without the iMIS call, so a client that times
+    # the responses can still tell it apart. The throttle bounds how many it can try.
     try:
         tenant = tenants.get(cloud_id)
     except TenantNotFound:
@@ -122,7 +122,7 @@ def check_credentials(tenants: TenantRepository, *, cloud_id: str, username: str
     except ImisAuthError:
         raise SignInFailed(SIGN_IN_REJECTED, {"field": "password"}) from None
     except ImisUnavailable as error:
-        # The address stays out of the answer, which anyone may read before signing in.
+        # The address stays out of the response, which anyone may read before signing in.
         logger.warning("sign-in: iMIS at %s did not respond: %s", tenant.imis_base_url, error.message)
         raise UpstreamUnavailable("iMIS did not respond to the sign-in: try again later, or ask your "
                                   "administrator to check the iMIS address") from None

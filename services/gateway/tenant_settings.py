@@ -23,9 +23,9 @@ SET_ADMINS_COMMAND = "python -m services.gateway.admin set-admins --cloud-id {cl
 def clean_admins(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Return the administrators' iMIS user names without surrounding spaces.
 
-    Raises ValueError, with what to fix, for an empty list, an empty or overlong name,
-    a name with a space or comma in it (two names on one line),
-    a name listed twice (iMIS user names ignore case) or more than MAX_ADMINS names.
+    Raises ValueError, with what to fix, for an empty list or more than MAX_ADMINS names.
+    It does the same for an empty or overlong name, a name with a space or comma in it
+    (two names on one line), and a name listed twice (iMIS user names ignore case).
     """
     cleaned = tuple(name.strip() for name in names)
     if not cleaned:

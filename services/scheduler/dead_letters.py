@@ -38,10 +38,10 @@ from services.scheduler.errors import TryLater, Unhandled
 logger = logging.getLogger(__name__)
 
 # A dead letter that cannot be settled yet (Twilio or the store does not respond) goes
-# back to the end of the dead queue after this pause, at most MAX_TRIES times, so an
-# outage of about 5 minutes or more ends in keeping it as it is. A text whose claim a
-# sender still holds is paused on until the claim lapses, at most MAX_PAUSE_S (the
-# sender's default claim lease) at a time.
+# back to the end of the dead queue after this pause, at most MAX_TRIES times. So after
+# an outage of about 5 minutes or more, it is kept as it is. For a text still claimed by
+# a sender, the handler pauses until the claim lapses, at most MAX_PAUSE_S (the sender's
+# default claim lease) at a time.
 RETRY_PAUSE_S = 5.0
 MAX_PAUSE_S = 60.0
 MAX_TRIES = 60

@@ -111,7 +111,7 @@ def test_publish_failure_redelivered_by_rabbitmq(runtime, tenant_factory, broker
 
 
 def test_batch_published_twice_texts_once(runtime, tenant_factory, broker, monkeypatch):
-    """The second batch went out, then its publish failed: RabbitMQ holds it twice, and each number gets one text."""
+    """The second batch went out, then its publish failed: RabbitMQ contains it twice, and each number gets one text."""
     tenant_factory()
     create_run(runtime.db)
     fail_second_batch(broker, monkeypatch, after_publishing=True)

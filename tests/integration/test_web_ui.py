@@ -185,7 +185,7 @@ def test_wrong_password(stack, browser):
 
 
 def test_sign_in_lockout_message(stack, browser):
-    """After too many failures the form says when to try again; the user name exists nowhere."""
+    """After too many failures the form shows when to try again. The user name exists nowhere."""
     username = "no-such-user"
     limit = stack.runtime.settings.sign_in_max_failures
     errors = []
@@ -353,7 +353,7 @@ def badge_is(status: str):
 
 
 def accept_confirm_dialogs(driver) -> None:
-    """Answer yes to every window.confirm on this page, as staff who click OK would."""
+    """Accept every window.confirm on this page, as staff who click OK would."""
     driver.execute_script("window.confirm = () => true;")
 
 

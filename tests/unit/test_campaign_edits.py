@@ -92,7 +92,7 @@ def test_draft_changed(staff, runtime):
 
 
 def test_second_editor_of_same_revision_refused(app, staff, runtime):
-    """Two staff open the same draft; the one who saves second is told, not overwritten."""
+    """Two staff open the same draft: the second save gets a conflict instead of overwriting the first."""
     campaign = create(staff)
     bob = signed_in(app, username="bob")
     runtime.clock.advance(60)

@@ -1,4 +1,4 @@
-"""Sign-in throttling: counters in the store, the 429 answer, and the client address behind proxies.
+"""Sign-in throttling: counters in the store, the 429 response, and the client address behind proxies.
 
 iMIS is replaced by a fake that records each token request, and time by the FakeClock.
 """
@@ -270,7 +270,7 @@ def test_sign_in_works_after_lockout(runtime, client):
 
 
 def test_unknown_user_answered_alike(client):
-    """The answers do not tell whether a user name exists in iMIS."""
+    """The responses do not reveal whether a user name exists in iMIS."""
     known = [post_session(client, "alice", "wrong").get_json() for _ in range(MAX_FAILURES + 1)]
     unknown = [post_session(client, "nobody-here", "wrong").get_json() for _ in range(MAX_FAILURES + 1)]
 
@@ -331,7 +331,7 @@ def test_imis_gets_trimmed_user_name(client, fake_imis):
 
 
 def test_unknown_cloud_id_answered_like_wrong_password(client, fake_imis):
-    """The answers do not tell which Cloud IDs exist."""
+    """The responses do not reveal which Cloud IDs exist."""
     wrong_password = post_sign_in(client, "alice", "wrong", "ACME")
     unknown_cloud_ids = [post_sign_in(client, "bob", "wrong", cloud_id) for cloud_id in ("NOPE", "acme", "ACME2")]
 

@@ -27,7 +27,7 @@ RECONNECT_MAX_S = 30.0
 # A consumer checks its stop event at least this often, in seconds.
 STOP_CHECK_S = 0.25
 CONTENT_TYPE = "application/json"
-# How every queue stores its messages. A job queue can hold a whole run of 10,000 texts or
+# Storage arguments of every queue. A job queue can hold a whole run of 10,000 texts or
 # more, drained at a few per second, and every message is persistent. Lazy mode writes
 # them straight to disk instead of holding them in memory too, and the version 2 index
 # writes them faster. Publishing 92,000 confirmed jobs on RabbitMQ 3.10 (2 cores) took

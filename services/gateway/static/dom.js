@@ -56,7 +56,7 @@ export function formatDate(isoDate) {
   return new Intl.DateTimeFormat(undefined, { dateStyle: "long" }).format(new Date(year, month - 1, day));
 }
 
-/** Return this browser's IANA time zone, such as "America/Chicago", or "" when it does not say. */
+/** Return this browser's IANA time zone, such as "America/Chicago", or "" when the browser reports none. */
 export function browserTimeZone() {
   return Intl.DateTimeFormat().resolvedOptions().timeZone || "";
 }

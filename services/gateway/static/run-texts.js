@@ -22,7 +22,7 @@ export function describeImisLog(log) {
   return log.status;
 }
 
-// Statuses whose reason says why a text did not go out, or not yet; a delivered text needs none.
+// Statuses whose reason explains why a text did not go out, or not yet. A delivered text needs none.
 const STATUSES_WITH_REASON = ["skipped", "failed", "undelivered", "cancelled", "opted_out", "deferred", "retrying",
                               "paused"];
 
